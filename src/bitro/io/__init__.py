@@ -1,0 +1,65 @@
+"""Readers for the input layouts bitro accepts (see ``docs/formats.md``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bitro.io.cells import cells_frame, read_cell_segmentation, write_cells_geojson
+from bitro.io.hest import read_hest_sample
+from bitro.io.sample import Sample
+from bitro.io.slides import Slide, open_slide
+from bitro.io.tcga import list_tcga_slides, read_tcga_cohort, read_tcga_expression, read_tcga_slide
+from bitro.io.xenium import read_xenium_section
+
+__all__ = [
+    "Sample",
+    "Slide",
+    "cells_frame",
+    "list_tcga_slides",
+    "open_slide",
+    "read_cell_segmentation",
+    "read_hest_sample",
+    "read_sample",
+    "read_tcga_cohort",
+    "read_tcga_expression",
+    "read_tcga_slide",
+    "read_xenium_section",
+    "write_cells_geojson",
+]
+
+
+def read_sample(kind: str, root: str | Path, sample_id: str, *, mpp: float | None = None) -> Sample:
+    """Read one sample of any supported layout.
+
+    Parameters
+    ----------
+    kind
+        ``"hest"``/``"st"`` (HEST-1k), ``"tcga"``/``"bulk"`` (TCGA cohort; ``sample_id`` is the slide
+        barcode) or ``"xenium"`` (``root`` is a directory of bundles, the section's bundle being
+        ``root/sample_id``, or the bundle itself).
+    root
+        The layout's root directory.
+    sample_id
+        The sample to read.
+    mpp
+        µm per level-0 pixel; overrides what the files record.
+
+    Returns
+    -------
+    Sample
+        The sample, as the layout's reader returns it.
+
+    Raises
+    ------
+    ValueError
+        ``kind`` is not one of the above.
+    """
+    key = kind.strip().lower()
+    if key in ("hest", "st"):
+        return read_hest_sample(root, sample_id, mpp=mpp)
+    if key in ("tcga", "bulk"):
+        return read_tcga_slide(root, sample_id, mpp=mpp)
+    if key == "xenium":
+        bundle = Path(root) / sample_id
+        return read_xenium_section(bundle if bundle.is_dir() else root, sample_id=sample_id, mpp=mpp)
+    raise ValueError(f"unknown sample kind {kind!r}; expected 'hest', 'st', 'tcga', 'bulk' or 'xenium'")

@@ -1,0 +1,161 @@
+"""Units: the regions expression is measured on (ST spots) or predicted for (spot-sized patches).
+
+``units.parquet`` (ARCHITECTURE §3) has one row per unit: ``unit_id`` (int, 0..n-1), ``x_px``, ``y_px``
+(centre, level-0 pixels), ``x_um``, ``y_um``, ``diameter_um`` (spot diameter, or patch side), ``in_tissue``,
+plus ``shape`` (``circle`` | ``square``), ``barcode`` (ST spot barcode, else empty) and ``tissue_fraction``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bitro._atomic import atomic_path
+from bitro.errors import InputError
+from bitro.io.sample import Sample
+from bitro.io.slides import Slide
+from bitro.preprocess.tissue import TissueMask, tissue_mask
+
+UNIT_COLUMNS = (
+    "unit_id",
+    "x_px",
+    "y_px",
+    "x_um",
+    "y_um",
+    "diameter_um",
+    "in_tissue",
+    "shape",
+    "barcode",
+    "tissue_fraction",
+)
+
+
+def spot_units(sample: Sample, *, mask: TissueMask | None = None) -> pd.DataFrame:
+    """One unit per ST spot, in the order of ``sample.expression``.
+
+    ``in_tissue`` comes from the spot table's own ``in_tissue`` column when present, otherwise from the
+    tissue mask (fraction of the spot's bounding square covered by tissue ≥ 0.5).
+    """
+    if sample.spot_diameter_um is None:
+        raise InputError(sample.slide_path, f"sample {sample.sample_id!r} has no spot diameter")
+    xy = np.asarray(sample.expression.obsm["spatial"], dtype=np.float64)
+    diameter = float(sample.spot_diameter_um)
+    side_px = diameter / sample.mpp
+    fraction = (
+        mask.fraction_in_boxes(xy[:, 0] - side_px / 2, xy[:, 1] - side_px / 2, side_px)
+        if mask is not None
+        else np.full(len(xy), np.nan)
+    )
+    obs = sample.expression.obs
+    if "in_tissue" in obs:
+        in_tissue = obs["in_tissue"].to_numpy().astype(bool)
+    elif mask is not None:
+        in_tissue = fraction >= 0.5
+    else:
+        in_tissue = np.ones(len(xy), dtype=bool)
+    return _frame(
+        xy,
+        mpp=sample.mpp,
+        diameter_um=diameter,
+        in_tissue=in_tissue,
+        shape="circle",
+        barcode=obs.index.astype(str).to_numpy(),
+        tissue_fraction=fraction,
+    )
+
+
+def grid_units(
+    slide: Slide,
+    *,
+    size_um: float,
+    mask: TissueMask,
+    min_tissue_fraction: float = 0.5,
+) -> pd.DataFrame:
+    """Spot-sized square patches tiling the slide from its origin, kept where tissue covers any of them.
+
+    ``in_tissue`` is true where tissue covers at least ``min_tissue_fraction`` of the patch.
+    """
+    if size_um <= 0:
+        raise ValueError(f"patch size must be positive, got {size_um} µm")
+    side_px = size_um / slide.mpp
+    w, h = slide.dimensions
+    xs = np.arange(0.0, w - side_px + 1e-9, side_px)
+    ys = np.arange(0.0, h - side_px + 1e-9, side_px)
+    gx, gy = np.meshgrid(xs, ys)
+    x0, y0 = gx.ravel(), gy.ravel()
+    fraction = mask.fraction_in_boxes(x0, y0, side_px)
+    keep = fraction > 0
+    centres = np.column_stack([x0[keep] + side_px / 2, y0[keep] + side_px / 2])
+    return _frame(
+        centres,
+        mpp=slide.mpp,
+        diameter_um=size_um,
+        in_tissue=fraction[keep] >= min_tissue_fraction,
+        shape="square",
+        barcode=np.full(int(keep.sum()), "", dtype=object),
+        tissue_fraction=fraction[keep],
+    )
+
+
+def make_units(
+    sample: Sample,
+    *,
+    patch_size_um: float = 55.0,
+    min_tissue_fraction: float = 0.5,
+    mask_mpp: float = 8.0,
+) -> pd.DataFrame:
+    """Units for a sample: its spots (ST) or a grid of ``patch_size_um`` patches over tissue (bulk, Xenium)."""
+    with sample.open_slide() as slide:
+        mask = tissue_mask(slide, mpp=mask_mpp)
+        if sample.kind == "st":
+            return spot_units(sample, mask=mask)
+        return grid_units(slide, size_um=patch_size_um, mask=mask, min_tissue_fraction=min_tissue_fraction)
+
+
+def write_units(units: pd.DataFrame, path: str | Path) -> None:
+    """Write ``units.parquet`` atomically."""
+    missing = [c for c in UNIT_COLUMNS if c not in units]
+    if missing:
+        raise ValueError(f"units table lacks columns {missing}")
+    with atomic_path(path) as tmp:
+        units.loc[:, list(UNIT_COLUMNS)].to_parquet(tmp, index=False)
+
+
+def read_units(path: str | Path) -> pd.DataFrame:
+    """Read ``units.parquet``, checking its columns and that ``unit_id`` is 0..n-1."""
+    units = pd.read_parquet(path)
+    missing = [c for c in UNIT_COLUMNS if c not in units]
+    if missing:
+        raise InputError(path, f"units table lacks columns {missing}")
+    if not np.array_equal(units["unit_id"].to_numpy(), np.arange(len(units))):
+        raise InputError(path, "unit_id must run 0..n-1 in row order")
+    return units
+
+
+def _frame(
+    xy: np.ndarray,
+    *,
+    mpp: float,
+    diameter_um: float,
+    in_tissue: np.ndarray,
+    shape: str,
+    barcode: np.ndarray,
+    tissue_fraction: np.ndarray,
+) -> pd.DataFrame:
+    n = len(xy)
+    return pd.DataFrame(
+        {
+            "unit_id": np.arange(n, dtype=np.int64),
+            "x_px": xy[:, 0],
+            "y_px": xy[:, 1],
+            "x_um": xy[:, 0] * mpp,
+            "y_um": xy[:, 1] * mpp,
+            "diameter_um": np.full(n, diameter_um),
+            "in_tissue": np.asarray(in_tissue, dtype=bool),
+            "shape": pd.Categorical([shape] * n, categories=["circle", "square"]),
+            "barcode": pd.array(barcode, dtype="string"),
+            "tissue_fraction": np.asarray(tissue_fraction, dtype=np.float64),
+        }
+    )

@@ -1,0 +1,80 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def smooth_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Return a smooth, tissue-coloured H×W×3 uint8 image (compresses well under JPEG)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    channels = []
+    for base in (200.0, 120.0, 170.0):
+        fx, fy, phase = rng.uniform(0.005, 0.02), rng.uniform(0.005, 0.02), rng.uniform(0, 6.3)
+        channels.append(base + 45.0 * np.sin(fx * xx + phase) * np.cos(fy * yy))
+    return np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8)
+
+
+def _reduce(image: np.ndarray, factor: int) -> np.ndarray:
+    """Block-mean downsample by an integer factor (edges cropped to whole blocks)."""
+    if factor == 1:
+        return image
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    blocks = image[: h * factor, : w * factor].reshape(h, factor, w, factor, -1).astype(np.float64)
+    return np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
+
+
+def write_pyramid_tiff(
+    path: Path,
+    image: np.ndarray,
+    *,
+    mpp: float | None = 0.5,
+    downsamples: Sequence[int] = (1, 4),
+    ome: bool = False,
+    compression: str | None = "jpeg",
+    unit: str = "CENTIMETER",
+) -> Path:
+    """Write a tiled pyramidal TIFF.
+
+    Generic layout: one IFD per level, reduced levels ``subfiletype=1``, ``XResolution`` per ``unit``.
+    ``ome=True``: OME-TIFF, reduced levels as SubIFDs of level 0, pixel size as OME ``PhysicalSizeX``.
+    ``mpp=None`` writes no pixel size at all.
+    """
+    import tifffile
+
+    levels = [_reduce(image, ds) for ds in downsamples]
+    options = {"tile": (256, 256), "compression": compression, "photometric": "rgb"}
+    with tifffile.TiffWriter(path, bigtiff=True, ome=ome) as writer:
+        if ome:
+            metadata = {"axes": "YXS"}
+            if mpp is not None:
+                metadata |= {"PhysicalSizeX": mpp, "PhysicalSizeY": mpp}
+            writer.write(levels[0], subifds=len(levels) - 1, metadata=metadata, **options)
+            for level in levels[1:]:
+                writer.write(level, subfiletype=1, **options)
+            return path
+        per_unit = 1e4 if unit == "CENTIMETER" else 25400.0
+        for ds, level in zip(downsamples, levels, strict=True):
+            extra: dict[str, object] = {"metadata": None, "subfiletype": 0 if ds == 1 else 1}
+            if mpp is not None:
+                res = per_unit / (mpp * ds)
+                extra |= {"resolution": (res, res), "resolutionunit": unit}
+            writer.write(level, **options, **extra)
+    return path
+
+
+@pytest.fixture
+def write_slide() -> Callable[..., Path]:
+    """Return ``write_pyramid_tiff(path, image, *, mpp, downsamples, ome, compression, unit)``."""
+    return write_pyramid_tiff
+
+
+@pytest.fixture
+def rgb_image() -> Callable[..., np.ndarray]:
+    """Return ``smooth_rgb(height, width, seed=0)``."""
+    return smooth_rgb
