@@ -19,14 +19,17 @@ $(STAMP): requirements/cpu.txt requirements/test-data.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Rules call the `bitro` console script, so the venv's bin goes first on PATH.
+RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
+
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+	$(RUN) $(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(RUN) $(BIN)/python -m pytest
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(RUN) $(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -45,7 +45,7 @@ def blank_jpeg_seconds(width: int, height: int, tile: int = 256) -> float:
     """Seconds to write a width × height RGB BigTIFF of blank JPEG tiles (the I/O and encoding floor)."""
     block = np.full((tile, tile, 3), 240, dtype=np.uint8)
 
-    def tiles():  # noqa: ANN202
+    def tiles():
         for _ in range(-(-height // tile) * -(-width // tile)):
             yield block
 

@@ -78,3 +78,13 @@ def write_slide() -> Callable[..., Path]:
 def rgb_image() -> Callable[..., np.ndarray]:
     """Return ``smooth_rgb(height, width, seed=0)``."""
     return smooth_rgb
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The ``small`` demo preset (seed 3), generated once per test session: (root, summary)."""
+    from bitro.demo import generate_demo, preset
+
+    out = tmp_path_factory.mktemp("small_demo")
+    summary = generate_demo(out, config=preset("small", seed=3), progress=False)
+    return out, summary

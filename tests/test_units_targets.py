@@ -165,7 +165,9 @@ def test_assign_to_squares_outside_is_minus_one(tissue_slide: Path) -> None:
     with open_slide(tissue_slide) as slide:
         mask = tissue_mask(slide, mpp=4.0, min_object_um2=100.0)
         units = grid_units(slide, size_um=32.0, mask=mask)
-    where = assign_to_squares(np.array([[-5.0, 10.0], [5000.0, 10.0], [10.0, 10.0], [300.0, 300.0]]), units, mpp=MPP)
+    where = assign_to_squares(
+        np.array([[-5.0, 10.0], [5000.0, 10.0], [10.0, 10.0], [300.0, 300.0]]), units, mpp=MPP
+    )
     assert where[:3].tolist() == [-1, -1, -1]
     hit = units.iloc[where[3]]
     assert abs(hit["x_px"] - 300) <= 32 and abs(hit["y_px"] - 300) <= 32

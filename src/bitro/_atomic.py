@@ -24,7 +24,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        tmp.replace(final)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

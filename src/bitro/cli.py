@@ -26,10 +26,9 @@ def _add_sample_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from bitro.demo import DemoConfig, generate_demo
+    from bitro.demo import generate_demo, preset
 
-    config = DemoConfig(seed=args.seed)
-    summary = generate_demo(args.out, config=config, progress=not args.quiet)
+    summary = generate_demo(args.out, config=preset(args.preset, seed=args.seed), progress=not args.quiet)
     text = json.dumps(summary, indent=2, default=str)
     if args.manifest is not None:
         with atomic_path(args.manifest) as tmp:
@@ -89,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo", help="write the embedded demo cohorts (HEST-1k, TCGA, Xenium layouts)")
     demo.add_argument("--out", required=True, type=Path, help="directory to write the cohorts to")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--preset", default="default", help="cohort sizes: default | small")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--manifest", type=Path, default=None, help="also write the summary JSON here")
     demo.set_defaults(func=_cmd_demo)

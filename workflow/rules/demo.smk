@@ -14,6 +14,7 @@ rule generate_demo:
     params:
         outdir=DEMO_DIR,
         seed=DEMO.get("seed", 0),
+        preset=DEMO.get("preset", "default"),
     shell:
-        "bitro demo --out {params.outdir} --seed {params.seed} --quiet "
+        "bitro demo --out {params.outdir} --seed {params.seed} --preset {params.preset} --quiet "
         "--manifest {output.manifest} > {log} 2>&1"

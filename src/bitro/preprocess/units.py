@@ -106,7 +106,7 @@ def make_units(
     min_tissue_fraction: float = 0.5,
     mask_mpp: float = 8.0,
 ) -> pd.DataFrame:
-    """Units for a sample: its spots (ST) or a grid of ``patch_size_um`` patches over tissue (bulk, Xenium)."""
+    """Units of a sample: its spots (ST), or ``patch_size_um`` patches over tissue (bulk, Xenium)."""
     with sample.open_slide() as slide:
         mask = tissue_mask(slide, mpp=mask_mpp)
         if sample.kind == "st":

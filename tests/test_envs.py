@@ -1,0 +1,45 @@
+"""The conda env for --use-conda agrees with the pinned requirements the tests run on (PITFALLS 22)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pins(lines: list[str]) -> dict[str, str]:
+    found = {}
+    for line in lines:
+        match = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)==([^\s;#]+).*", line)
+        if match:
+            found[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return found
+
+
+def test_conda_env_pins_match_requirements() -> None:
+    requirements = pins((ROOT / "requirements" / "cpu.txt").read_text().splitlines())
+    env = yaml.safe_load((ROOT / "envs" / "bitro.yaml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    env_pins = pins(pip_section)
+    assert env_pins, "envs/bitro.yaml pins nothing"
+    mismatched = {
+        name: (v, requirements.get(name)) for name, v in env_pins.items() if requirements.get(name) != v
+    }
+    assert not mismatched, f"envs/bitro.yaml disagrees with requirements/cpu.txt: {mismatched}"
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_package_dependencies_are_pinned() -> None:
+    """Every runtime dependency of pyproject.toml is pinned in requirements/cpu.txt and the env."""
+    import tomllib
+
+    requirements = pins((ROOT / "requirements" / "cpu.txt").read_text().splitlines())
+    env = yaml.safe_load((ROOT / "envs" / "bitro.yaml").read_text())
+    env_pins = pins(next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[<>=!~\[ ]", dep)[0].lower() for dep in project["dependencies"]]
+    assert [n for n in names if n not in requirements] == []
+    assert [n for n in names if n not in env_pins] == []
