@@ -36,6 +36,13 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(text)
 
 
+def _cmd_virtual_slide(args: argparse.Namespace) -> None:
+    from bitro.demo import write_virtual_slide
+
+    stats = write_virtual_slide(args.out, n_cells=args.cells, seed=args.seed, progress=not args.quiet)
+    print(json.dumps(stats, indent=2, default=str))
+
+
 def _cmd_units(args: argparse.Namespace) -> None:
     from bitro.io import read_sample
     from bitro.preprocess.units import make_units, write_units
@@ -80,7 +87,11 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``bitro`` argument parser with one sub-command per verb."""
-    parser = argparse.ArgumentParser(prog="bitro", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="bitro",
+        description="Predict bulk and spatial gene expression from H&E whole-slide images (BiTro). "
+        "One verb per workflow rule.",
+    )
     parser.add_argument("--version", action="version", version=f"bitro {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -92,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--manifest", type=Path, default=None, help="also write the summary JSON here")
     demo.set_defaults(func=_cmd_demo)
+
+    virtual = verbs.add_parser(
+        "virtual-slide", help="write one large virtual H&E slide in bounded memory (for benchmarks)"
+    )
+    virtual.add_argument("--out", required=True, type=Path, help="output .tif")
+    virtual.add_argument("--cells", type=int, default=1_000_000, help="approximate number of cells")
+    virtual.add_argument("--seed", type=int, default=0)
+    virtual.add_argument("--quiet", action="store_true", help="no progress bars")
+    virtual.set_defaults(func=_cmd_virtual_slide)
 
     units = verbs.add_parser("units", help="write units.parquet: ST spots, or spot-sized patches over tissue")
     _add_sample_args(units)

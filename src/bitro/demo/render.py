@@ -193,20 +193,38 @@ class SlideRenderer:
             for part in np.array_split(idx[sel], max(1, len(sel) * (2 * half + 1) ** 2 // 2_000_000 + 1)):
                 self._paint_cytoplasm(part, half, x0, y0, w, h, acc_h, acc_e)
 
+    def _ellipse_frame(
+        self,
+        idx: np.ndarray,
+        major_um: np.ndarray,
+        minor_um: np.ndarray,
+        half: int,
+        x0: int,
+        y0: int,
+        w: int,
+        h: int,
+    ) -> tuple[np.ndarray, ...]:
+        """Stencil pixels of cells ``idx`` in each cell's ellipse frame.
+
+        Returns semi-axes ``a``, ``b`` (px), coordinates ``un``, ``vn`` scaled by them (the outline is
+        ``un² + vn² = 1``), the pixels' slide coordinates ``ix``, ``iy`` and the ``valid`` mask.
+        """
+        s = 1.0 / self.mpp
+        dx, dy, ix, iy, valid = self._stencil(self.px[idx], self.py[idx], half, x0, y0, w, h)
+        theta = self.cells.theta[idx]
+        ct = np.cos(theta)[:, None, None]
+        st = np.sin(theta)[:, None, None]
+        a = (major_um[idx] * s)[:, None, None]
+        b = (minor_um[idx] * s)[:, None, None]
+        return a, b, (ct * dx + st * dy) / a, (-st * dx + ct * dy) / b, ix, iy, valid
+
     def _paint_nuclei(
         self, idx: np.ndarray, half: int, x0: int, y0: int, w: int, h: int, acc: np.ndarray
     ) -> None:
         if idx.size == 0:
             return
         c = self.cells
-        s = 1.0 / self.mpp
-        dx, dy, ix, iy, valid = self._stencil(self.px[idx], self.py[idx], half, x0, y0, w, h)
-        ct = np.cos(c.theta[idx])[:, None, None]
-        st = np.sin(c.theta[idx])[:, None, None]
-        a = (c.major[idx] * s)[:, None, None]
-        b = (c.minor[idx] * s)[:, None, None]
-        un = (ct * dx + st * dy) / a
-        vn = (-st * dx + ct * dy) / b
+        a, b, un, vn, ix, iy, valid = self._ellipse_frame(idx, c.major, c.minor, half, x0, y0, w, h)
         rho = np.sqrt(un * un + vn * vn)
         phi = np.arctan2(vn, un)
         rb = (
@@ -237,14 +255,7 @@ class SlideRenderer:
         if idx.size == 0:
             return
         c = self.cells
-        s = 1.0 / self.mpp
-        dx, dy, ix, iy, valid = self._stencil(self.px[idx], self.py[idx], half, x0, y0, w, h)
-        ct = np.cos(c.theta[idx])[:, None, None]
-        st = np.sin(c.theta[idx])[:, None, None]
-        a = (c.cyto_major[idx] * s)[:, None, None]
-        b = (c.cyto_minor[idx] * s)[:, None, None]
-        un = (ct * dx + st * dy) / a
-        vn = (-st * dx + ct * dy) / b
+        a, b, un, vn, ix, iy, valid = self._ellipse_frame(idx, c.cyto_major, c.cyto_minor, half, x0, y0, w, h)
         rho = np.sqrt(un * un + vn * vn)
         alpha = np.clip((1.0 - rho) * np.sqrt(a * b) / 1.5 + 0.5, 0.0, 1.0)
         m = valid & (alpha > 0)
@@ -338,6 +349,19 @@ def _groups(extent: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         yield int(max(sizes[j], half[sel].max())), sel
 
 
+def downsample4(image: np.ndarray, height: int, width: int, band: int = 256) -> np.ndarray:
+    """Mean of 4 × 4 blocks: the ``(height, width, 3)`` uint8 image one pyramid level down.
+
+    Works in bands of ``band`` output rows, so the float copy never exceeds one band.
+    """
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    for r0 in range(0, height, band):
+        r1 = min(height, r0 + band)
+        blocks = image[r0 * 4 : r1 * 4, : width * 4].reshape(r1 - r0, 4, width, 4, 3)
+        out[r0:r1] = np.rint(blocks.astype(np.float32).mean(axis=(1, 3))).astype(np.uint8)
+    return out
+
+
 def pyramid_shapes(height: int, width: int) -> list[tuple[int, int]]:
     """Level shapes (downsample 1, 4, 16, …): at least two levels, the smallest ≥ 64 px where possible."""
     shapes = [(height, width)]
@@ -408,8 +432,7 @@ def write_pyramidal_tiff(
             r0 = y0 // 4
             nr = min(sh // 4, h1 - r0)
             if nr > 0:
-                blk = strip[: nr * 4, : w1 * 4].reshape(nr, 4, w1, 4, 3).astype(np.float32).mean(axis=(1, 3))
-                level1[r0 : r0 + nr] = np.rint(blk).astype(np.uint8)
+                level1[r0 : r0 + nr] = downsample4(strip, nr, w1)
             for x0 in range(0, width, TILE):
                 t = strip[:, x0 : x0 + TILE]
                 if t.shape[0] != TILE or t.shape[1] != TILE:
@@ -436,9 +459,7 @@ def write_pyramidal_tiff(
         img = level1
         for k, (hk, wk) in enumerate(shapes[1:], start=1):
             if k > 1:
-                img = np.rint(
-                    img[: hk * 4, : wk * 4].reshape(hk, 4, wk, 4, 3).astype(np.float32).mean(axis=(1, 3))
-                ).astype(np.uint8)
+                img = downsample4(img, hk, wk)
             ds = 4**k
             tif.write(img, resolution=(1e4 / (mpp * ds), 1e4 / (mpp * ds)), subfiletype=1, **common)
     return shapes

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import pandas as pd
 import shapely
 from shapely.geometry import mapping, shape
 
+from bitro._atomic import atomic_path
 from bitro.errors import InputError
 from bitro.io.validate import require_file
 
@@ -253,14 +252,6 @@ def write_cells_geojson(df: pd.DataFrame, path: str | Path) -> Path:
         if geom is not None and not shapely.is_empty(geom)
     ]
     collection = {"type": "FeatureCollection", "features": features}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(collection, handle)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(collection), encoding="utf-8")
     return path

@@ -1,0 +1,54 @@
+"""The ``bitro`` command line: verbs print what they did, bad input exits 2 with the file named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bitro.cli import main
+
+
+def test_info_reports_levels_and_pixel_size(
+    small_demo: tuple[Path, dict], capsys: pytest.CaptureFixture
+) -> None:
+    root, summary = small_demo
+    slide = root / "hest" / "wsis" / f"{summary['ids']['hest'][0]}.tif"
+    assert main(["info", str(slide)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backend"] == "openslide" and info["mpp"] == pytest.approx(0.5)
+    assert info["level_dimensions"][0] == info["dimensions"] and len(info["level_downsamples"]) >= 2
+
+
+def test_bad_input_exits_2_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    junk = tmp_path / "junk.svs"
+    junk.write_bytes(b"not a slide")
+    assert main(["info", str(junk)]) == 2
+    err = capsys.readouterr().err
+    assert "junk.svs" in err and err.startswith("bitro info: error:")
+
+
+def test_units_and_targets_verbs_write_their_files(small_demo: tuple[Path, dict], tmp_path: Path) -> None:
+    import anndata as ad
+    import pandas as pd
+
+    root, summary = small_demo
+    sample = summary["ids"]["tcga"][0]
+    common = ["--format", "tcga", "--root", str(root / "tcga"), "--sample", sample]
+    assert main(["units", *common, "--out", str(tmp_path / "units.parquet")]) == 0
+    units_args = ["--units", str(tmp_path / "units.parquet")]
+    assert main(["targets", *common, *units_args, "--out", str(tmp_path / "targets.h5ad")]) == 0
+    assert len(pd.read_parquet(tmp_path / "units.parquet")) > 0
+    assert ad.read_h5ad(tmp_path / "targets.h5ad").obs_names.tolist() == [sample]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["targets.h5ad", "units.parquet"]
+
+
+def test_missing_sample_exits_2(
+    small_demo: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root, _ = small_demo
+    args = ["units", "--format", "hest", "--root", str(root / "hest"), "--sample", "NOPE"]
+    assert main([*args, "--out", str(tmp_path / "u.parquet")]) == 2
+    assert "NOPE" in capsys.readouterr().err
+    assert not (tmp_path / "u.parquet").exists()
