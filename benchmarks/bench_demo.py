@@ -2,8 +2,8 @@
 
 Prints a table with two ratios against baselines measured in the same run:
 
-- time of the default demo against the time to encode the same number of slide pixels as blank JPEG tiles
-  (the floor any generator that writes those slides pays);
+- time of the default demo against the time to JPEG-encode and write the same number of slide pixels
+  (a real rendered tile, repeated): the floor any generator that writes those slides pays;
 - peak resident memory of the 10⁶-cell slide against the bytes of its level-0 RGB raster (what a generator
   that renders the slide in one array would need at least).
 
@@ -41,9 +41,9 @@ print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_
 """
 
 
-def blank_jpeg_seconds(width: int, height: int, tile: int = 256) -> float:
-    """Seconds to write a width × height RGB BigTIFF of blank JPEG tiles (the I/O and encoding floor)."""
-    block = np.full((tile, tile, 3), 240, dtype=np.uint8)
+def encode_only_seconds(width: int, height: int, block: np.ndarray) -> float:
+    """Seconds to write a width × height RGB BigTIFF of JPEG tiles that all equal ``block`` (no rendering)."""
+    tile = block.shape[0]
 
     def tiles():
         for _ in range(-(-height // tile) * -(-width // tile)):
@@ -90,25 +90,29 @@ def main() -> None:
         with open_slide(path) as slide:
             pixels += slide.dimensions[0] * slide.dimensions[1]
     side = int(np.sqrt(pixels))
-    floor_seconds = blank_jpeg_seconds(side, side)
+    with open_slide(slides[0]) as slide:
+        w0, h0 = slide.dimensions
+        block = slide.read_region((w0 // 2 - 128, h0 // 2 - 128), 0, (256, 256))
+    floor_seconds = encode_only_seconds(side, side, block)
 
     big = run_json(CHILD, str(args.out / "virtual_1e6.tif"), str(args.cells))
     imports = run_json(IMPORT_ONLY)
     width, height = big["width"], big["height"]
     raster_bytes = width * height * 3
-    big_floor = blank_jpeg_seconds(width, height)
+    big_floor = encode_only_seconds(width, height, block)
 
     n_samples = sum(len(v) for v in summary["samples"].values()) if "samples" in summary else len(slides)
     rows = [
         ("default demo: samples", f"{n_samples}"),
         ("default demo: slide pixels (level 0)", f"{pixels / 1e6:.1f} M"),
         ("default demo: seconds", f"{demo_seconds:.1f}"),
-        ("blank JPEG tiles, same pixels: seconds", f"{floor_seconds:.1f}"),
-        ("demo / blank-JPEG time ratio", f"{demo_seconds / floor_seconds:.1f}x"),
-        (f"virtual slide: cells (asked {args.cells})", f"{big["cells"]}"),
+        ("encode-only floor, same pixels: seconds", f"{floor_seconds:.1f}"),
+        ("demo / encode-only time ratio", f"{demo_seconds / floor_seconds:.1f}x"),
+        (f"virtual slide: cells (asked {args.cells})", f"{big['cells']}"),
         ("virtual slide: level-0 size (px)", f"{width} x {height}"),
         ("virtual slide: seconds", f"{big['seconds_total']:.1f}"),
-        ("blank JPEG tiles, same size: seconds", f"{big_floor:.1f}"),
+        ("encode-only floor, same size: seconds", f"{big_floor:.1f}"),
+        ("virtual slide / encode-only time ratio", f"{big['seconds_total'] / big_floor:.1f}x"),
         ("virtual slide: peak RSS", f"{big['peak_rss_bytes'] / 2**20:.0f} MiB"),
         ("interpreter + imports: peak RSS", f"{imports['peak_rss_bytes'] / 2**20:.0f} MiB"),
         ("level-0 RGB raster (naive renderer)", f"{raster_bytes / 2**20:.0f} MiB"),

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import tifffile
 from scipy import sparse
 
 from bitro.errors import InputError
@@ -21,30 +21,15 @@ from bitro.preprocess.units import grid_units, make_units, read_units, spot_unit
 MPP = 0.5
 
 
-def write_slide(path: Path, rgb: np.ndarray, mpp: float = MPP) -> Path:
-    """A pyramidal tiled TIFF (levels 1, 4) with resolution tags, lossless so pixels are exact."""
-    with tifffile.TiffWriter(path, bigtiff=True) as tiff:
-        for level, step in enumerate((1, 4)):
-            tiff.write(
-                rgb[::step, ::step],
-                tile=(64, 64),
-                photometric="rgb",
-                compression="zlib",
-                resolution=(1e4 / (mpp * step), 1e4 / (mpp * step)),
-                resolutionunit="CENTIMETER",
-                subfiletype=0 if level == 0 else 1,
-            )
-    return path
-
-
 @pytest.fixture
-def tissue_slide(tmp_path: Path) -> Path:
+def tissue_slide(tmp_path: Path, write_slide: Callable[..., Path]) -> Path:
     """1024 × 768 px of glass with a pink-purple rectangle of tissue over x in [256, 768), y in [128, 640)."""
     rgb = np.full((768, 1024, 3), 245, dtype=np.uint8)
     rng = np.random.default_rng(0)
     tissue = np.array([190, 120, 180], dtype=np.int16) + rng.integers(-15, 15, size=(512, 512, 3))
     rgb[128:640, 256:768] = np.clip(tissue, 0, 255).astype(np.uint8)
-    return write_slide(tmp_path / "slide.tif", rgb)
+    # Lossless, so the tissue edge sits exactly where it was painted.
+    return write_slide(tmp_path / "slide.tif", rgb, mpp=MPP, compression="zlib")
 
 
 def test_tissue_mask_finds_the_rectangle(tissue_slide: Path) -> None:
