@@ -166,3 +166,15 @@ def test_units_round_trip_and_validation(tissue_slide: Path, tmp_path: Path) -> 
     units.iloc[[1, 0]].to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(InputError, match=r"bad\.parquet.*unit_id"):
         read_units(tmp_path / "bad.parquet")
+
+
+def test_sample_units_are_the_spots_and_none_for_bulk(tissue_slide: Path) -> None:
+    sample = st_sample(tissue_slide)
+    spots = sample.units
+    assert spots is not None
+    assert spots["barcode"].tolist() == ["AAC-1", "AAA-1", "AAB-1", "AAD-1"]
+    assert np.allclose(spots["x_um"], spots["x_px"] * MPP) and (spots["diameter_um"] == 55.0).all()
+    bulk = Sample("B1", "bulk", tissue_slide, MPP, sample.expression[:1].copy(), "P1")
+    assert bulk.units is None
+    with pytest.raises(ValueError, match="not ST"):
+        spot_units(bulk)

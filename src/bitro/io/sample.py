@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+import pandas as pd
+
 if TYPE_CHECKING:
     import anndata as ad
-    import pandas as pd
 
     from bitro.io.slides import Slide
 
@@ -54,6 +56,33 @@ class Sample:
     spot_diameter_um: float | None = None
     cells: pd.DataFrame | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def units(self) -> pd.DataFrame | None:
+        """The measured units: for ``st``, one row per spot in expression order; ``None`` otherwise.
+
+        Columns ``barcode``, ``x_px``, ``y_px`` (centre, level-0 px), ``x_um``, ``y_um``, ``diameter_um``
+        and ``in_tissue`` (the layout's flag, true when it has none). Bulk and Xenium slides have no
+        measured units: their spot-sized patches come from :func:`bitro.preprocess.units.grid_units`.
+        """
+        if self.kind != "st":
+            return None
+        xy = np.asarray(self.expression.obsm["spatial"], dtype=np.float64)
+        obs = self.expression.obs
+        in_tissue = obs["in_tissue"].to_numpy().astype(bool) if "in_tissue" in obs else np.ones(len(xy), bool)
+        return pd.DataFrame(
+            {
+                "barcode": obs.index.astype(str).to_numpy(),
+                "x_px": xy[:, 0],
+                "y_px": xy[:, 1],
+                "x_um": xy[:, 0] * self.mpp,
+                "y_um": xy[:, 1] * self.mpp,
+                "diameter_um": np.full(
+                    len(xy), np.nan if self.spot_diameter_um is None else self.spot_diameter_um
+                ),
+                "in_tissue": in_tissue,
+            }
+        )
 
     def open_slide(self) -> Slide:
         """Open the sample's slide with the sample's pixel size."""

@@ -38,30 +38,26 @@ def spot_units(sample: Sample, *, mask: TissueMask | None = None) -> pd.DataFram
     ``in_tissue`` comes from the spot table's own ``in_tissue`` column when present, otherwise from the
     tissue mask (fraction of the spot's bounding square covered by tissue ≥ 0.5).
     """
+    spots = sample.units
+    if spots is None:
+        raise ValueError(f"sample {sample.sample_id!r} is {sample.kind!r}, not ST: it has no spots")
     if sample.spot_diameter_um is None:
         raise InputError(sample.slide_path, f"sample {sample.sample_id!r} has no spot diameter")
-    xy = np.asarray(sample.expression.obsm["spatial"], dtype=np.float64)
-    diameter = float(sample.spot_diameter_um)
-    side_px = diameter / sample.mpp
-    fraction = (
-        mask.fraction_in_boxes(xy[:, 0] - side_px / 2, xy[:, 1] - side_px / 2, side_px)
-        if mask is not None
-        else np.full(len(xy), np.nan)
-    )
-    obs = sample.expression.obs
-    if "in_tissue" in obs:
-        in_tissue = obs["in_tissue"].to_numpy().astype(bool)
-    elif mask is not None:
+    xy = spots[["x_px", "y_px"]].to_numpy()
+    side_px = sample.spot_diameter_um / sample.mpp
+    fraction = np.full(len(xy), np.nan)
+    if mask is not None:
+        fraction = mask.fraction_in_boxes(xy[:, 0] - side_px / 2, xy[:, 1] - side_px / 2, side_px)
+    in_tissue = spots["in_tissue"].to_numpy()
+    if "in_tissue" not in sample.expression.obs and mask is not None:
         in_tissue = fraction >= 0.5
-    else:
-        in_tissue = np.ones(len(xy), dtype=bool)
     return _frame(
         xy,
         mpp=sample.mpp,
-        diameter_um=diameter,
+        diameter_um=sample.spot_diameter_um,
         in_tissue=in_tissue,
         shape="circle",
-        barcode=obs.index.astype(str).to_numpy(),
+        barcode=spots["barcode"].to_numpy(),
         tissue_fraction=fraction,
     )
 
