@@ -194,7 +194,28 @@ class _OpenSlideBackend:
         self._slide.close()
 
 
-class _TiffFileBackend:
+class _WindowedBackend:
+    """A backend that decodes only the part of a region inside the level; the rest stays white."""
+
+    level_dimensions: list[tuple[int, int]]
+
+    def _window_pixels(self, level: int, window: tuple[int, int, int, int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def read(
+        self, level: int, location: tuple[int, int], width: int, height: int, downsample: float
+    ) -> np.ndarray:
+        x, y = _level_xy(location, downsample)
+        canvas = _white(height, width)
+        window = _clip_window(x, y, width, height, self.level_dimensions[level])
+        if window is None:
+            return canvas
+        x0, y0, x1, y1 = window
+        canvas[y0 - y : y1 - y, x0 - x : x1 - x] = _to_rgb(self._window_pixels(level, window))
+        return canvas
+
+
+class _TiffFileBackend(_WindowedBackend):
     """Pixel access through tifffile, decoding only the tiles a region needs."""
 
     name: Backend = "tifffile"
@@ -251,32 +272,21 @@ class _TiffFileBackend:
             out = np.zeros((y1 - y0, x1 - x0, samples), dtype=page.dtype)
         return out
 
-    def read(
-        self, level: int, location: tuple[int, int], width: int, height: int, downsample: float
-    ) -> np.ndarray:
-        x, y = _level_xy(location, downsample)
-        canvas = _white(height, width)
-        window = _clip_window(x, y, width, height, self.level_dimensions[level])
-        if window is None:
-            return canvas
+    def _window_pixels(self, level: int, window: tuple[int, int, int, int]) -> np.ndarray:
         page = self._pages[level]
         if page.is_tiled and page.planarconfig == 1:
-            pixels = self._read_tiles(page, window)
-        else:
-            x0, y0, x1, y1 = window
-            full = self._level_array(level)
-            if full.ndim == 3 and full.shape[0] == page.samplesperpixel and page.planarconfig == 2:
-                full = np.moveaxis(full, 0, -1)
-            pixels = full[y0:y1, x0:x1]
+            return self._read_tiles(page, window)
         x0, y0, x1, y1 = window
-        canvas[y0 - y : y1 - y, x0 - x : x1 - x] = _to_rgb(pixels)
-        return canvas
+        full = self._level_array(level)
+        if full.ndim == 3 and full.shape[0] == page.samplesperpixel and page.planarconfig == 2:
+            full = np.moveaxis(full, 0, -1)
+        return full[y0:y1, x0:x1]
 
     def close(self) -> None:
         self._tif.close()
 
 
-class _PyVipsBackend:
+class _PyVipsBackend(_WindowedBackend):
     """Pixel access through pyvips (SubIFD pyramids or one page per level)."""
 
     name: Backend = "pyvips"
@@ -318,18 +328,9 @@ class _PyVipsBackend:
             return _PixelSize(1000.0 / xres, "TIFF XResolution")
         return None
 
-    def read(
-        self, level: int, location: tuple[int, int], width: int, height: int, downsample: float
-    ) -> np.ndarray:
-        x, y = _level_xy(location, downsample)
-        canvas = _white(height, width)
-        window = _clip_window(x, y, width, height, self.level_dimensions[level])
-        if window is None:
-            return canvas
+    def _window_pixels(self, level: int, window: tuple[int, int, int, int]) -> np.ndarray:
         x0, y0, x1, y1 = window
-        region = self._levels[level].crop(x0, y0, x1 - x0, y1 - y0).numpy()
-        canvas[y0 - y : y1 - y, x0 - x : x1 - x] = _to_rgb(region)
-        return canvas
+        return self._levels[level].crop(x0, y0, x1 - x0, y1 - y0).numpy()
 
     def close(self) -> None:
         self._levels = []
