@@ -165,3 +165,21 @@ def test_small_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stdout
     assert lost.exists()
     assert "bitro demo" not in resumed.stdout and resumed.stdout.count("bitro targets") == 1
+
+
+@pytest.mark.parametrize(
+    "example", sorted((ROOT / "config" / "examples").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_example_configs_are_valid(example: Path) -> None:
+    """Each real-cohort example passes the config schema and its sample sheet the sheet schema."""
+    import jsonschema
+
+    config_schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    sheet_schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "samples.schema.yaml").read_text())
+    config = yaml.safe_load(example.read_text())
+    jsonschema.validate(config, config_schema)
+    for cohort in config["cohorts"].values():
+        sheet = pd.read_csv(ROOT / cohort["samples"], sep="\t", dtype={"sample_id": str, "patient_id": str})
+        assert len(sheet) > 0
+        for record in sheet.to_dict("records"):
+            jsonschema.validate({k: v for k, v in record.items() if pd.notna(v)}, sheet_schema)
