@@ -183,3 +183,10 @@ def test_example_configs_are_valid(example: Path) -> None:
         assert len(sheet) > 0
         for record in sheet.to_dict("records"):
             jsonschema.validate({k: v for k, v in record.items() if pd.notna(v)}, sheet_schema)
+
+
+def test_configfile_replaces_the_demo_config() -> None:
+    """``--configfile`` runs only the cohorts it names: the demo's are not merged in."""
+    done = snakemake(ROOT, "--dry-run", "--configfile", "config/examples/hest_brca.yaml")
+    assert "/data/hest1k/st/SPA154.h5ad" in done.stdout  # its inputs are looked for (absent here)
+    assert "demo_st" not in done.stdout and "generate_demo" not in done.stdout
