@@ -97,13 +97,19 @@ def tissue_mask(
     return TissueMask(mask=mask, mpp=mpp, slide_mpp=slide.mpp, threshold_od=threshold)
 
 
-def _low_resolution_od(slide: Slide, downsample: float, band_rows: int = 64) -> np.ndarray:
-    """Optical density at ``downsample`` × level 0, read band by band so memory stays bounded."""
+def _low_resolution_od(slide: Slide, downsample: float, max_band_pixels: int = 2**25) -> np.ndarray:
+    """Optical density at ``downsample`` × level 0, read band by band so memory stays bounded.
+
+    A band holds at most ``max_band_pixels`` pixels of the level it is read from, even on a slide
+    without a pyramid.
+    """
     level = slide.best_level_for_downsample(downsample)
     level_ds = slide.level_downsamples[level]
     level_w, _ = slide.level_dimensions[level]
     w0, h0 = slide.dimensions
     out_h, out_w = max(1, round(h0 / downsample)), max(1, round(w0 / downsample))
+    level_rows_per_out_row = downsample / level_ds
+    band_rows = max(1, int(max_band_pixels / (level_w * level_rows_per_out_row)))
     od = np.empty((out_h, out_w), dtype=np.float32)
     for r0 in range(0, out_h, band_rows):
         r1 = min(out_h, r0 + band_rows)
