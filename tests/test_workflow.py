@@ -190,3 +190,20 @@ def test_configfile_replaces_the_demo_config() -> None:
     done = snakemake(ROOT, "--dry-run", "--configfile", "config/examples/hest_brca.yaml")
     assert "/data/hest1k/st/SPA154.h5ad" in done.stdout  # its inputs are looked for (absent here)
     assert "demo_st" not in done.stdout and "generate_demo" not in done.stdout
+
+
+def test_xenium_bundle_files_with_run_prefixes_are_inputs(tmp_path: Path) -> None:
+    config = {"cohorts": {"x": {"level": "xenium", "format": "xenium", "root": "xen", "samples": "s.tsv"}}}
+    write_project(tmp_path, config, {"s.tsv": "sample_id\tpatient_id\nRep1\tP\n"})
+    bundle = tmp_path / "xen" / "Rep1"
+    bundle.mkdir(parents=True)
+    for name in (
+        "cells.parquet",
+        "cell_feature_matrix.h5",
+        "Run_X_he_image.ome.tif",
+        "Run_X_he_imagealignment.csv",
+    ):
+        (bundle / name).write_text("")
+    done = snakemake(tmp_path, "--dry-run", "--printshellcmds")
+    assert done.returncode == 0, done.stdout
+    assert "Run_X_he_imagealignment.csv" in done.stdout and "Run_X_he_image.ome.tif" in done.stdout

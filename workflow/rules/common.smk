@@ -71,10 +71,12 @@ def sample_inputs(wildcards):
             "slide": slides[0] if slides else root / "slides" / f"{sample}.svs",
         }
     bundle = root / sample
+    # Vendors prefix the H&E image and its alignment with the run name: take whatever is there.
     return {
         "cells": bundle / "cells.parquet",
         "matrix": bundle / "cell_feature_matrix.h5",
-        "alignment": bundle / "he_imagealignment.csv",
+        "he_files": sorted(bundle.glob("*he_image*.tif*"))
+        + sorted(bundle.glob("*imagealignment.csv")),
     }
 
 
