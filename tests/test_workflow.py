@@ -60,28 +60,24 @@ def test_demo_dag_has_one_units_and_targets_job_per_sample() -> None:
     assert counts["units"] == counts["targets"] == n_samples == 19
 
 
-def test_config_with_unknown_level_is_rejected(tmp_path: Path) -> None:
-    config = {"cohorts": {"c1": {"level": "spots", "format": "hest", "root": "data", "samples": "s.tsv"}}}
-    write_project(tmp_path, config, {"s.tsv": "sample_id\tpatient_id\nA\tP\n"})
+@pytest.mark.parametrize(
+    ("level", "sheet", "messages"),
+    [
+        ("spots", "sample_id\tpatient_id\nA\tP\n", ("spots", "enum")),
+        ("st", "sample_id\tpatient_id\tmpp\nA\tP\t-0.5\n", ("-0.5",)),
+        ("st", "sample_id\tpatient_id\nA\tP\nA\tP\n", ("duplicated sample_id",)),
+        ("st", "sample_id\tmpp\nA\t0.5\n", ("patient_id", "required")),
+    ],
+    ids=["unknown-level", "negative-mpp", "duplicated-sample", "no-patient"],
+)
+def test_bad_config_or_sample_sheet_is_rejected(
+    tmp_path: Path, level: str, sheet: str, messages: tuple[str, ...]
+) -> None:
+    config = {"cohorts": {"c1": {"level": level, "format": "hest", "root": "data", "samples": "s.tsv"}}}
+    write_project(tmp_path, config, {"s.tsv": sheet})
     done = snakemake(tmp_path, "--dry-run")
     assert done.returncode != 0
-    assert "spots" in done.stdout and "enum" in done.stdout
-
-
-def test_sample_sheet_with_bad_mpp_is_rejected(tmp_path: Path) -> None:
-    config = {"cohorts": {"c1": {"level": "st", "format": "hest", "root": "data", "samples": "s.tsv"}}}
-    write_project(tmp_path, config, {"s.tsv": "sample_id\tpatient_id\tmpp\nA\tP\t-0.5\n"})
-    done = snakemake(tmp_path, "--dry-run")
-    assert done.returncode != 0
-    assert "-0.5" in done.stdout
-
-
-def test_duplicated_sample_ids_are_rejected(tmp_path: Path) -> None:
-    config = {"cohorts": {"c1": {"level": "st", "format": "hest", "root": "data", "samples": "s.tsv"}}}
-    write_project(tmp_path, config, {"s.tsv": "sample_id\tpatient_id\nA\tP\nA\tP\n"})
-    done = snakemake(tmp_path, "--dry-run")
-    assert done.returncode != 0
-    assert "duplicated sample_id" in done.stdout
+    assert all(message in done.stdout for message in messages), done.stdout
 
 
 def test_real_layout_inputs_are_the_sample_files(tmp_path: Path) -> None:
