@@ -52,3 +52,10 @@ def test_missing_sample_exits_2(
     assert main([*args, "--out", str(tmp_path / "u.parquet")]) == 2
     assert "NOPE" in capsys.readouterr().err
     assert not (tmp_path / "u.parquet").exists()
+
+
+def test_cli_presets_are_the_demo_presets() -> None:
+    from bitro.cli import DEMO_PRESETS
+    from bitro.demo import PRESETS
+
+    assert sorted(DEMO_PRESETS) == sorted(PRESETS)

@@ -16,6 +16,8 @@ from bitro.errors import InputError
 log = logging.getLogger("bitro")
 
 FORMATS = ("hest", "tcga", "xenium")
+# Kept here rather than imported so that `bitro --help` does not load the demo's dependencies.
+DEMO_PRESETS = ("default", "small")
 
 
 def _add_sample_args(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo", help="write the embedded demo cohorts (HEST-1k, TCGA, Xenium layouts)")
     demo.add_argument("--out", required=True, type=Path, help="directory to write the cohorts to")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--preset", default="default", help="cohort sizes: default | small")
+    demo.add_argument("--preset", default="default", choices=DEMO_PRESETS, help="cohort sizes")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--manifest", type=Path, default=None, help="also write the summary JSON here")
     demo.set_defaults(func=_cmd_demo)
