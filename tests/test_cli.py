@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bitro.cli import main
@@ -59,3 +60,39 @@ def test_cli_presets_are_the_demo_presets() -> None:
     from bitro.demo import PRESETS
 
     assert sorted(DEMO_PRESETS) == sorted(PRESETS)
+
+
+def test_cellvit_script_runs_cellvit_with_local_weights(
+    small_demo: tuple[Path, dict], tmp_path: Path
+) -> None:
+    import os
+    import shlex
+
+    root, _ = small_demo
+    model = tmp_path / "cache" / "CellViT-256-x40-AMP.pth"
+    model.parent.mkdir()
+    model.write_bytes(b"")
+    script = tmp_path / "run.sh"
+    sample = ["--format", "hest", "--root", str(root / "hest"), "--sample", "DEMO01"]
+    args = ["cellvit-script", *sample, "--model", str(model), "--outdir", str(tmp_path / "out")]
+    assert main([*args, "--ray-workers", "1", "--out", str(script)]) == 0
+    assert os.access(script, os.X_OK)
+    command = shlex.split(script.read_text().splitlines()[-1])
+    assert command[:3] == ["env", f"CELLVIT_CACHE={model.parent.absolute()}", "cellvit-inference"]
+    assert command[command.index("--model") + 1] == "HIPT"
+    assert command[command.index("--wsi_path") + 1] == str((root / "hest" / "wsis" / "DEMO01.tif").absolute())
+    assert command[command.index("--wsi_mpp") + 1] == "0.5"
+    assert command[command.index("--ray_worker") + 1] == "1"
+
+
+def test_stain_reference_from_an_image(tmp_path: Path) -> None:
+    from bitro.preprocess.stain import RUIFROK, read_reference, stain_angles
+    from test_stain import TIA_TARGET
+
+    out = tmp_path / "reference.json"
+    assert main(["stain-reference", "--image", str(TIA_TARGET), "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["source"]["image"] == "target_image.png" and len(data["source"]["sha256"]) == 64
+    for method in ("vahadane", "macenko"):
+        model = read_reference(out, method)
+        assert model is not None and np.all(stain_angles(model.matrix, RUIFROK) < 30)

@@ -43,3 +43,16 @@ def test_package_dependencies_are_pinned() -> None:
     names = [re.split(r"[<>=!~\[ ]", dep)[0].lower() for dep in project["dependencies"]]
     assert [n for n in names if n not in requirements] == []
     assert [n for n in names if n not in env_pins] == []
+
+
+def test_cellvit_lives_in_its_own_pinned_env() -> None:
+    """CellViT++ pins numpy<2 and a CUDA torch (PITFALLS 21): its own env, never the main one."""
+    env = yaml.safe_load((ROOT / "envs" / "cellvit.yaml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pins(pip_section)["cellvit"])
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    assert any(d.startswith("pytorch-cuda=") for d in conda) and "python=3.10" in conda
+    main = pins((ROOT / "requirements" / "cpu.txt").read_text().splitlines())
+    assert "cellvit" not in main and "torchvision" not in main
+    rule = (ROOT / "workflow" / "rules" / "preprocess.smk").read_text()
+    assert rule.count('"../../envs/cellvit.yaml"') == 1

@@ -38,8 +38,12 @@ def test_tissue_mask_finds_the_rectangle(tissue_slide: Path) -> None:
     assert mask.mask.shape == (96, 128)  # 768 px * 0.5 µm / 4 µm, 1024 * 0.5 / 4
     truth = np.zeros_like(mask.mask)
     truth[16:80, 32:96] = True  # the rectangle at 4 µm/px
-    agreement = (mask.mask == truth).mean()
-    assert agreement > 0.98
+    # The edge may move by one mask pixel (the threshold sits nearer glass than Otsu's), no more.
+    inner, outer = np.zeros_like(truth), np.zeros_like(truth)
+    inner[17:79, 33:95] = True
+    outer[15:81, 31:97] = True
+    assert mask.mask[inner].all() and not mask.mask[~outer].any()
+    assert (mask.mask == truth).mean() > 0.97
 
 
 def test_fraction_in_boxes_matches_hand_count(tissue_slide: Path) -> None:

@@ -16,6 +16,8 @@ from scipy import sparse
 
 from bitro.demo import demo_sample_ids, preset
 from bitro.io import read_sample
+from bitro.preprocess.cells import read_cells
+from bitro.preprocess.crops import read_crops
 from bitro.preprocess.targets import make_targets
 from bitro.preprocess.units import read_units
 
@@ -57,7 +59,9 @@ def test_demo_dag_has_one_units_and_targets_job_per_sample() -> None:
         for c in ("st", "bulk", "xenium")
     )
     assert counts["generate_demo"] == 1
-    assert counts["units"] == counts["targets"] == n_samples == 19
+    for rule in ("tissue", "units", "stain", "cells", "crops", "targets"):
+        assert counts[rule] == n_samples == 19, rule
+    assert "segment_cellvit" not in counts and "stain_reference" not in counts
 
 
 @pytest.mark.parametrize(
@@ -123,10 +127,11 @@ def small_demo_project(workdir: Path) -> dict[str, list[str]]:
             "samples": f"{layout}.tsv",
             "generated_by_demo": True,
         }
+    cohorts["small_xenium"]["segmentation"] = {"backend": "precomputed"}
     config = {
         "demo": {"generate": True, "outdir": "results/demo_data", "seed": 3, "preset": "small"},
         "cohorts": cohorts,
-        "units": {"patch_size_um": 55, "min_tissue_fraction": 0.5, "mask_mpp": 8},
+        "units": {"patch_size_um": 55, "min_tissue_fraction": 0.5},
     }
     write_project(workdir, config, {})
     return ids
@@ -151,6 +156,11 @@ def test_small_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
             assert targets.var_names.tolist() == expected.var_names.tolist()
             assert np.allclose(dense(targets.X), dense(expected.X))
             assert targets.uns["bitro"]["level"] == level
+            cells = read_cells(sample_dir / "cells.parquet")
+            crops = read_crops(sample_dir / "crops.zarr")
+            assert crops.shape == (len(cells), 48, 48, 3) and len(cells) > 100
+            assert set(cells["unit_id"]) - {-1} <= set(units["unit_id"])
+            assert cells["source"].iloc[0] == ("xenium" if layout == "xenium" else "classical")
 
     again = snakemake(tmp_path, "--dry-run")
     assert "Nothing to be done" in again.stdout, again.stdout
@@ -203,3 +213,50 @@ def test_xenium_bundle_files_with_run_prefixes_are_inputs(tmp_path: Path) -> Non
     done = snakemake(tmp_path, "--dry-run", "--printshellcmds")
     assert done.returncode == 0, done.stdout
     assert "Run_X_he_imagealignment.csv" in done.stdout and "Run_X_he_image.ome.tif" in done.stdout
+
+
+def hest_project(workdir: Path, extra: dict) -> Path:
+    config = {"cohorts": {"c1": {"level": "st", "format": "hest", "root": "hest", "samples": "s.tsv"}}}
+    write_project(workdir, config | extra, {"s.tsv": "sample_id\tpatient_id\tmpp\nTENX1\tP\t0.25\n"})
+    for sub, name in (("st", "TENX1.h5ad"), ("wsis", "TENX1.tif"), ("metadata", "TENX1.json")):
+        (workdir / "hest" / sub).mkdir(parents=True, exist_ok=True)
+        (workdir / "hest" / sub / name).write_text("")
+    return workdir
+
+
+def test_cellvit_backend_runs_cellvit_on_a_gpu_in_its_own_env(tmp_path: Path) -> None:
+    model = tmp_path / "weights" / "CellViT-SAM-H-x40-AMP.pth"
+    model.parent.mkdir()
+    model.write_text("")
+    segmentation = {"backend": "cellvit", "cellvit": {"model": str(model)}}
+    hest_project(tmp_path, {"segmentation": segmentation})
+    done = snakemake(tmp_path, "--dry-run", "--printshellcmds")
+    assert done.returncode == 0, done.stdout
+    out = done.stdout
+    assert "rule segment_cellvit:" in out and "gpu=1" in out
+    assert "bash results/c1/samples/TENX1/cellvit/run.sh" in out
+    assert f"bitro cellvit-script --format hest --root hest --sample TENX1 --mpp 0.25 --model {model}" in out
+    assert "--backend cellvit --segmentation results/c1/samples/TENX1/cellvit/output" in out
+    assert "rule stain:" in out  # crops are still stain-normalised
+
+
+def test_a_stain_target_image_is_fitted_into_a_reference(tmp_path: Path) -> None:
+    hest_project(tmp_path, {"stain": {"target": "lab_he.png"}})
+    (tmp_path / "lab_he.png").write_text("")
+    done = snakemake(tmp_path, "--dry-run", "--printshellcmds")
+    assert done.returncode == 0, done.stdout
+    assert "bitro stain-reference --image lab_he.png --out results/stain_reference.json" in done.stdout
+    assert "--reference results/stain_reference.json" in done.stdout
+
+
+def test_precomputed_segmentation_path_per_sample(tmp_path: Path) -> None:
+    hest_project(tmp_path, {})
+    config = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+    config["cohorts"]["c1"]["segmentation"] = {"backend": "precomputed", "path": "seg/{sample}.json"}
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "seg").mkdir()
+    (tmp_path / "seg" / "TENX1.json").write_text("")
+    done = snakemake(tmp_path, "--dry-run", "--printshellcmds")
+    assert done.returncode == 0, done.stdout
+    assert "--backend precomputed --segmentation seg/TENX1.json" in done.stdout
+    assert "--stain" not in done.stdout.split("bitro cells")[1].split("\n")[0]

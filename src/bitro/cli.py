@@ -8,16 +8,24 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bitro import __version__
 from bitro._atomic import atomic_path
 from bitro.errors import InputError
+
+if TYPE_CHECKING:
+    from bitro.io.sample import Sample
+    from bitro.preprocess.segment import ClassicalParams
+    from bitro.preprocess.tissue import TissueMask
 
 log = logging.getLogger("bitro")
 
 FORMATS = ("hest", "tcga", "xenium")
 # Kept here rather than imported so that `bitro --help` does not load the demo's dependencies.
 DEMO_PRESETS = ("default", "small")
+STAIN_METHODS = ("vahadane", "macenko", "none")
+SEGMENTATION_BACKENDS = ("classical", "precomputed", "cellvit")
 
 
 def _add_sample_args(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +33,11 @@ def _add_sample_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, type=Path, help="the cohort's root directory")
     parser.add_argument("--sample", required=True, help="sample id (HEST id, TCGA slide barcode, section)")
     parser.add_argument("--mpp", type=float, default=None, help="override the slide's µm per pixel")
+
+
+def _add_tissue_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tissue", type=Path, default=None, help="tissue.npz (bitro tissue); else computed")
+    parser.add_argument("--mask-mpp", type=float, default=8.0, help="pixel size of a computed mask (µm)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -45,19 +58,180 @@ def _cmd_virtual_slide(args: argparse.Namespace) -> None:
     print(json.dumps(stats, indent=2, default=str))
 
 
-def _cmd_units(args: argparse.Namespace) -> None:
+def _sample_and_mask(args: argparse.Namespace) -> tuple[Sample, TissueMask]:
+    """The sample named on the command line and its tissue mask (read from --tissue, or computed)."""
     from bitro.io import read_sample
-    from bitro.preprocess.units import make_units, write_units
+    from bitro.preprocess.tissue import read_tissue, tissue_mask
 
     sample = read_sample(args.format, args.root, args.sample, mpp=args.mpp)
-    units = make_units(
-        sample,
-        patch_size_um=args.patch_size_um,
-        min_tissue_fraction=args.min_tissue_fraction,
-        mask_mpp=args.mask_mpp,
-    )
+    if getattr(args, "tissue", None) is not None:
+        return sample, read_tissue(args.tissue)
+    with sample.open_slide() as slide:
+        return sample, tissue_mask(slide, mpp=args.mask_mpp)
+
+
+def _cmd_tissue(args: argparse.Namespace) -> None:
+    from bitro.io import read_sample
+    from bitro.preprocess.tissue import tissue_mask, write_tissue
+
+    sample = read_sample(args.format, args.root, args.sample, mpp=args.mpp)
+    with sample.open_slide() as slide:
+        mask = tissue_mask(slide, mpp=args.mask_mpp)
+    write_tissue(mask, args.out, args.geojson)
+    log.info("%s: tissue covers %.1f %% of the slide -> %s", args.sample, 100 * mask.mask.mean(), args.out)
+
+
+def _cmd_units(args: argparse.Namespace) -> None:
+    from bitro.preprocess.units import grid_units, spot_units, write_units
+
+    sample, mask = _sample_and_mask(args)
+    if sample.kind == "st":
+        units = spot_units(sample, mask=mask)
+    else:
+        with sample.open_slide() as slide:
+            units = grid_units(
+                slide, size_um=args.patch_size_um, mask=mask, min_tissue_fraction=args.min_tissue_fraction
+            )
     write_units(units, args.out)
     log.info("%s: %d units (%d in tissue) -> %s", args.sample, len(units), units["in_tissue"].sum(), args.out)
+
+
+def _cmd_stain_reference(args: argparse.Namespace) -> None:
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    from bitro.io.validate import require_file
+    from bitro.preprocess.stain import reference_from_image, reference_from_slide, write_reference
+
+    image = require_file(args.image, "stain target image")
+    if image.suffix.lower() in {".png", ".jpg", ".jpeg"}:
+        with Image.open(image) as img:
+            models = reference_from_image(np.asarray(img.convert("RGB")), seed=args.seed)
+    else:
+        models = reference_from_slide(image, mpp=args.mpp, seed=args.seed)
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    write_reference(
+        args.out, models, source={"image": image.name, "sha256": digest, "made_by": "bitro stain-reference"}
+    )
+    for name, model in models.items():
+        log.info("%s reference: H %s, E %s", name, model.matrix[0].round(3), model.matrix[1].round(3))
+
+
+def _cmd_stain(args: argparse.Namespace) -> None:
+    from bitro.preprocess.stain import fit_slide_stain, read_reference, write_stain_json
+
+    sample, mask = _sample_and_mask(args)
+    reference = read_reference(args.reference, args.method)
+    with sample.open_slide() as slide:
+        model = fit_slide_stain(
+            slide, mask, method=args.method, mpp=args.fit_mpp, n_tiles=args.n_tiles, seed=args.seed
+        )
+    write_stain_json(args.out, model, reference)
+    log.info("%s: %s stains H %s, E %s -> %s", args.sample, args.method, *model.matrix.round(3), args.out)
+
+
+def _cmd_cells(args: argparse.Namespace) -> None:
+    from bitro.preprocess.cells import cells_table, export_cells_geojson, write_cells
+    from bitro.preprocess.segment import segmented_cells
+    from bitro.preprocess.units import read_units
+
+    sample, mask = _sample_and_mask(args)
+    units = read_units(args.units)
+    with sample.open_slide() as slide:
+        cells, source, origin = segmented_cells(
+            sample,
+            slide,
+            backend=args.backend,
+            mask=mask,
+            stain=args.stain,
+            segmentation=args.segmentation,
+            params=_classical_params(args),
+            workers=args.workers,
+            checkpoint=args.out.with_name(args.out.name + ".segment-parts"),
+        )
+        table = cells_table(
+            cells, mpp=slide.mpp, units=units, source=source, slide_dimensions=slide.dimensions, path=origin
+        )
+    if args.geojson is not None:
+        export_cells_geojson(table, args.geojson)
+    write_cells(table, args.out)
+    inside = int((table["unit_id"] >= 0).sum())
+    log.info("%s: %d cells (%d in a unit) from %s -> %s", args.sample, len(table), inside, source, args.out)
+
+
+def _classical_params(args: argparse.Namespace) -> ClassicalParams:
+    from bitro.preprocess.segment import ClassicalParams
+
+    return ClassicalParams(
+        mpp=args.segment_mpp,
+        min_area_um2=args.min_area_um2,
+        max_area_um2=args.max_area_um2,
+        min_distance_um=args.min_distance_um,
+        threshold_factor=args.threshold_factor,
+        core_factor=args.core_factor,
+        polygons=not args.no_polygons,
+    )
+
+
+def _cmd_cellvit_script(args: argparse.Namespace) -> None:
+    import shlex
+
+    from bitro.io import read_sample
+    from bitro.preprocess.cellvit import cellvit_command, cellvit_output_path
+
+    sample = read_sample(args.format, args.root, args.sample, mpp=args.mpp)
+    argv = cellvit_command(
+        slide=sample.slide_path.absolute(),
+        outdir=args.outdir.absolute(),
+        model=args.model,
+        mpp=sample.mpp,
+        taxonomy=args.taxonomy,
+        batch_size=args.batch_size,
+        gpu=args.gpu,
+        ray_workers=args.ray_workers,
+    )
+    script = "\n".join(
+        [
+            "#!/usr/bin/env bash",
+            f"# CellViT++ on {sample.sample_id}: cells land in",
+            f"# {cellvit_output_path(args.outdir, sample.slide_path)}",
+            "set -euo pipefail",
+            shlex.join(argv),
+            "",
+        ]
+    )
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(script)
+        tmp.chmod(0o755)
+    log.info("%s: CellViT++ command -> %s", args.sample, args.out)
+
+
+def _cmd_crops(args: argparse.Namespace) -> None:
+    from bitro.io import read_sample
+    from bitro.preprocess.cells import read_cells
+    from bitro.preprocess.crops import CropParams, write_crops
+    from bitro.preprocess.stain import read_normalizer
+
+    sample = read_sample(args.format, args.root, args.sample, mpp=args.mpp)
+    cells = read_cells(args.cells, geometry=False)
+    normalizer = None if args.stain is None else read_normalizer(args.stain)
+    params = CropParams(size=args.size, mpp=args.crop_mpp)
+    with sample.open_slide() as slide:
+        write_crops(
+            slide,
+            cells["x_px"].to_numpy(),
+            cells["y_px"].to_numpy(),
+            args.out,
+            params=params,
+            normalizer=normalizer,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
+    log.info(
+        "%s: %d crops, %d px at %g µm/px -> %s", args.sample, len(cells), args.size, args.crop_mpp, args.out
+    )
 
 
 def _cmd_targets(args: argparse.Namespace) -> None:
@@ -115,13 +289,90 @@ def build_parser() -> argparse.ArgumentParser:
     virtual.add_argument("--quiet", action="store_true", help="no progress bars")
     virtual.set_defaults(func=_cmd_virtual_slide)
 
+    tissue = verbs.add_parser("tissue", help="write the tissue mask (.npz) and its QuPath GeoJSON outline")
+    _add_sample_args(tissue)
+    tissue.add_argument("--mask-mpp", type=float, default=8.0, help="pixel size of the tissue mask (µm)")
+    tissue.add_argument("--geojson", type=Path, default=None, help="also write the outline here")
+    tissue.add_argument("--out", required=True, type=Path, help="tissue.npz")
+    tissue.set_defaults(func=_cmd_tissue)
+
     units = verbs.add_parser("units", help="write units.parquet: ST spots, or spot-sized patches over tissue")
     _add_sample_args(units)
+    _add_tissue_args(units)
     units.add_argument("--patch-size-um", type=float, default=55.0, help="patch side for bulk and Xenium")
     units.add_argument("--min-tissue-fraction", type=float, default=0.5)
-    units.add_argument("--mask-mpp", type=float, default=8.0, help="pixel size of the tissue mask (µm)")
     units.add_argument("--out", required=True, type=Path)
     units.set_defaults(func=_cmd_units)
+
+    reference = verbs.add_parser(
+        "stain-reference", help="fit Vahadane and Macenko reference stains on a target image or slide"
+    )
+    reference.add_argument("--image", required=True, type=Path, help="PNG/JPEG image or a slide file")
+    reference.add_argument("--mpp", type=float, default=None, help="the slide's µm per pixel, if unrecorded")
+    reference.add_argument("--seed", type=int, default=0)
+    reference.add_argument("--out", required=True, type=Path)
+    reference.set_defaults(func=_cmd_stain_reference)
+
+    stain = verbs.add_parser("stain", help="fit the slide's stain matrix and write stain.json")
+    _add_sample_args(stain)
+    _add_tissue_args(stain)
+    stain.add_argument("--method", choices=STAIN_METHODS, default="vahadane")
+    stain.add_argument("--reference", required=True, type=Path, help="reference JSON (bitro stain-reference)")
+    stain.add_argument("--fit-mpp", type=float, default=1.0, help="pixel size the fit samples at (µm)")
+    stain.add_argument("--n-tiles", type=int, default=32, help="tissue tiles sampled for the fit")
+    stain.add_argument("--seed", type=int, default=0)
+    stain.add_argument("--out", required=True, type=Path)
+    stain.set_defaults(func=_cmd_stain)
+
+    cells = verbs.add_parser("cells", help="segment or read cells, assign them to units: cells.parquet")
+    _add_sample_args(cells)
+    _add_tissue_args(cells)
+    cells.add_argument("--backend", choices=SEGMENTATION_BACKENDS, default="classical")
+    cells.add_argument("--units", required=True, type=Path, help="the sample's units.parquet")
+    cells.add_argument("--stain", type=Path, default=None, help="stain.json (classical backend)")
+    cells.add_argument(
+        "--segmentation",
+        type=Path,
+        default=None,
+        help="precomputed: segmentation file (default: the layout's own); cellvit: its output folder",
+    )
+    cells.add_argument("--segment-mpp", type=float, default=0.5, help="classical: µm per pixel to segment at")
+    cells.add_argument("--min-area-um2", type=float, default=8.0)
+    cells.add_argument("--max-area-um2", type=float, default=400.0)
+    cells.add_argument("--min-distance-um", type=float, default=2.0, help="closest two nucleus centres")
+    cells.add_argument(
+        "--threshold-factor", type=float, default=1.0, help="classical: haematoxylin threshold ÷ Otsu's"
+    )
+    cells.add_argument(
+        "--core-factor", type=float, default=1.3, help="classical: nucleus-core threshold ÷ threshold"
+    )
+    cells.add_argument("--no-polygons", action="store_true", help="classical: skip tracing outlines")
+    cells.add_argument("--workers", type=int, default=1)
+    cells.add_argument("--geojson", type=Path, default=None, help="also write a QuPath GeoJSON here")
+    cells.add_argument("--out", required=True, type=Path)
+    cells.set_defaults(func=_cmd_cells)
+
+    cellvit = verbs.add_parser("cellvit-script", help="write the script that runs CellViT++ on a sample")
+    _add_sample_args(cellvit)
+    cellvit.add_argument("--model", required=True, type=Path, help="local CellViT++ checkpoint")
+    cellvit.add_argument("--outdir", required=True, type=Path, help="CellViT++ output folder")
+    cellvit.add_argument("--taxonomy", default="pannuke")
+    cellvit.add_argument("--batch-size", type=int, default=8)
+    cellvit.add_argument("--gpu", type=int, default=0)
+    cellvit.add_argument("--ray-workers", type=int, default=None, help="set on nodes with < 8 CPUs")
+    cellvit.add_argument("--out", required=True, type=Path, help="the script (run.sh)")
+    cellvit.set_defaults(func=_cmd_cellvit_script)
+
+    crops = verbs.add_parser("crops", help="cut stain-normalised cell crops into crops.zarr")
+    _add_sample_args(crops)
+    crops.add_argument("--cells", required=True, type=Path, help="the sample's cells.parquet")
+    crops.add_argument("--stain", type=Path, default=None, help="stain.json; omit to keep slide colours")
+    crops.add_argument("--size", type=int, default=48, help="crop side (px)")
+    crops.add_argument("--crop-mpp", type=float, default=0.5, help="crop pixel size (µm)")
+    crops.add_argument("--workers", type=int, default=1)
+    crops.add_argument("--quiet", action="store_true", help="no progress bar")
+    crops.add_argument("--out", required=True, type=Path, help="crops.zarr")
+    crops.set_defaults(func=_cmd_crops)
 
     targets = verbs.add_parser("targets", help="write targets.h5ad: each unit's measured expression")
     _add_sample_args(targets)

@@ -10,6 +10,8 @@ COHORTS = config["cohorts"]
 RESULTS = Path("results")
 LOGS = RESULTS / "logs"
 BENCHMARKS = RESULTS / "benchmarks"
+SAMPLE_DIR = RESULTS / "{cohort}" / "samples" / "{sample}"
+REPO = Path(workflow.basedir).parent
 DEMO = config.get("demo", {})
 DEMO_ENABLED = DEMO.get("generate", False)
 DEMO_DIR = Path(DEMO.get("outdir", RESULTS / "demo_data"))
@@ -80,6 +82,82 @@ def sample_inputs(wildcards):
     }
 
 
+def repo_path(path):
+    """A config path as given when it exists from the working directory, else relative to the repository."""
+    path = Path(path)
+    return path if path.is_absolute() or path.exists() else REPO / path
+
+
+STAIN_TARGET = repo_path(config["stain"]["target"])
+STAIN_TARGET_IS_REFERENCE = STAIN_TARGET.suffix.lower() == ".json"
+STAIN_REFERENCE = (
+    STAIN_TARGET if STAIN_TARGET_IS_REFERENCE else RESULTS / "stain_reference.json"
+)
+CELLVIT = config["segmentation"]["cellvit"]
+CELLVIT_MODEL = repo_path(CELLVIT["model"])
+CELLS_GEOJSON = config["segmentation"]["geojson"]
+
+
+def segmentation(cohort):
+    """The segmentation settings of a cohort: the global ones, overridden by the cohort's own."""
+    return config["segmentation"] | COHORTS[cohort].get("segmentation", {})
+
+
+def precomputed_file(wildcards):
+    pattern = segmentation(wildcards.cohort).get("path")
+    return None if pattern is None else Path(pattern.format(sample=wildcards.sample))
+
+
+def cells_inputs(wildcards):
+    """Inputs of the cells rule: the sample, its tissue and units, and what its backend segments from."""
+    inputs = sample_inputs(wildcards) | {
+        "tissue": sample_dir(wildcards.cohort, wildcards.sample) / "tissue.npz",
+        "units": sample_dir(wildcards.cohort, wildcards.sample) / "units.parquet",
+    }
+    backend = segmentation(wildcards.cohort)["backend"]
+    if backend == "classical":
+        inputs["stain"] = sample_dir(wildcards.cohort, wildcards.sample) / "stain.json"
+    elif backend == "cellvit":
+        inputs["segmentation"] = (
+            sample_dir(wildcards.cohort, wildcards.sample) / "cellvit" / "output"
+        )
+    elif precomputed_file(wildcards) is not None:
+        inputs["segmentation"] = precomputed_file(wildcards)
+    return inputs
+
+
+def segmentation_args(wildcards, input):
+    """The backend options of ``bitro cells`` for a sample."""
+    settings = segmentation(wildcards.cohort)
+    args = [f"--backend {settings['backend']}"]
+    if "segmentation" in input.keys():
+        args.append(f"--segmentation {input.segmentation}")
+    if settings["backend"] == "classical":
+        args += [
+            f"--stain {input.stain}",
+            f"--segment-mpp {settings['mpp']}",
+            f"--min-area-um2 {settings['min_area_um2']}",
+            f"--max-area-um2 {settings['max_area_um2']}",
+            f"--min-distance-um {settings['min_distance_um']}",
+            f"--threshold-factor {settings['threshold_factor']}",
+            f"--core-factor {settings['core_factor']}",
+        ]
+        if not settings["polygons"]:
+            args.append("--no-polygons")
+    return " ".join(args)
+
+
+def cells_outputs():
+    outputs = {"cells": SAMPLE_DIR / "cells.parquet"}
+    if CELLS_GEOJSON:
+        outputs["geojson"] = SAMPLE_DIR / "cells.geojson"
+    return outputs
+
+
+def geojson_arg(wildcards, output):
+    return f"--geojson {output.geojson}" if CELLS_GEOJSON else ""
+
+
 def sample_args(wildcards):
     """Command-line options that name a sample for the ``bitro`` verbs."""
     cohort = COHORTS[wildcards.cohort]
@@ -99,5 +177,5 @@ def all_targets():
         sample_dir(cohort, sample) / name
         for cohort, sheet in SAMPLES.items()
         for sample in sheet.index
-        for name in ("units.parquet", "targets.h5ad")
+        for name in ("units.parquet", "targets.h5ad", "cells.parquet", "crops.zarr")
     ]

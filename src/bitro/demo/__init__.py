@@ -96,7 +96,7 @@ import numpy as np
 from bitro.demo.cohorts import demo_sample_ids, generate_demo
 from bitro.demo.config import GENERATOR_VERSION, PRESETS, DemoConfig, preset
 from bitro.demo.morphology import CELL_TYPES
-from bitro.demo.render import SlideRenderer, draw_slide_style, write_pyramidal_tiff
+from bitro.demo.render import SlideRenderer, SlideStyle, draw_slide_style, write_pyramidal_tiff
 from bitro.demo.tissue import TissueFields, draw_patient_params, generate_cells
 
 #: Approximate tissue area per cell (µm²) used to size a virtual slide from a cell count.
@@ -112,6 +112,7 @@ def write_virtual_slide(
     seed: int,
     mpp: float = 0.5,
     quality: int = 90,
+    style: SlideStyle | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write one large virtual slide in bounded memory.
@@ -132,6 +133,9 @@ def write_virtual_slide(
         Pixel size (µm/px).
     quality
         JPEG quality.
+    style
+        Stain and scanner parameters; drawn from ``seed`` by default. The same seed with two styles
+        gives the same tissue stained two ways.
     progress
         Show a tqdm bar over the strips.
 
@@ -148,7 +152,7 @@ def write_virtual_slide(
     fields = TissueFields(np.random.default_rng([seed, 901]), side, side, params)
     cells = generate_cells(fields, [seed, 902])
     t1 = time.perf_counter()
-    style = draw_slide_style(np.random.default_rng([seed, 903]))
+    style = style or draw_slide_style(np.random.default_rng([seed, 903]))
     renderer = SlideRenderer(cells, fields, style, mpp, [seed, 904])
     w = h = round(side / mpp)
     tmp = path.with_name(path.name + ".part")

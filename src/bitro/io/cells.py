@@ -1,4 +1,4 @@
-"""Cell segmentations: HEST CellViT GeoParquet and GeoJSON in, QuPath GeoJSON out."""
+"""Cell segmentations: HEST CellViT GeoParquet, GeoJSON and HoVer-Net JSON in, QuPath GeoJSON out."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
-from shapely.geometry import mapping, shape
+from shapely.geometry import Polygon, mapping, shape
 
 from bitro._atomic import atomic_path
 from bitro.errors import InputError
@@ -24,6 +24,15 @@ CELLVIT_COLORS: dict[str, tuple[int, int, int]] = {
     "Dead": (254, 255, 0),
     "Epithelial": (255, 159, 68),
 }
+
+PANNUKE_TYPE_NAMES: dict[int, str] = {
+    1: "Neoplastic",
+    2: "Inflammatory",
+    3: "Connective",
+    4: "Dead",
+    5: "Epithelial",
+}
+"""PanNuke nucleus types as HoVer-Net (``type_info.json``) and CellViT number them; 0 is "no label"."""
 
 CELL_COLUMNS = ["cell_id", "x_px", "y_px", "x_um", "y_um", "area_um2", "class", "source", "geometry"]
 
@@ -56,26 +65,35 @@ def _load_geojson(path: Path) -> dict[str, Any] | list[Any]:
                 return json.loads(archive.read(members[0]).decode("utf-8"))
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
-        raise InputError(path, f"is not readable GeoJSON ({exc})") from exc
+        kind = "JSON" if path.suffix.lower() == ".json" else "GeoJSON"
+        raise InputError(path, f"is not readable {kind} ({exc})") from exc
 
 
 def _features(data: dict[str, Any] | list[Any], path: Path) -> list[dict[str, Any]]:
     """Return the features of a FeatureCollection, a bare feature list, or a single feature."""
     if isinstance(data, list):
         return data
+    if not isinstance(data, dict):
+        raise InputError(path, f"expected a GeoJSON object or list, found {type(data).__name__}")
     if data.get("type") == "FeatureCollection":
         return list(data.get("features") or [])
     if data.get("type") == "Feature":
         return [data]
-    raise InputError(path, "expected a GeoJSON FeatureCollection or a list of features")
+    hint = ', or HoVer-Net JSON with a "nuc" object' if path.suffix.lower() == ".json" else ""
+    raise InputError(path, f"expected a GeoJSON FeatureCollection or a list of features{hint}")
 
 
-def _read_geojson(path: Path) -> gpd.GeoDataFrame:
-    """Read cells from GeoJSON with one Feature per cell or one MultiPolygon Feature per class."""
+def _read_geojson(path: Path, data: dict[str, Any] | list[Any] | None = None) -> gpd.GeoDataFrame:
+    """Read cells from GeoJSON with one Feature per cell or one MultiPolygon Feature per class.
+
+    ``data`` is the already parsed file, if the caller has it.
+    """
+    if data is None:
+        data = _load_geojson(path)
     ids: list[Any] = []
     classes: list[str | None] = []
     geoms: list[Any] = []
-    for number, feature in enumerate(_features(_load_geojson(path), path)):
+    for number, feature in enumerate(_features(data, path)):
         if not isinstance(feature, dict) or feature.get("geometry") is None:
             continue
         try:
@@ -112,6 +130,82 @@ def _frame(ids: list[Any], classes: list[str | None], geoms: list[Any]) -> gpd.G
     )
 
 
+def _contour_polygon(contour: Any, path: Path, what: str) -> Polygon:
+    """Return the polygon of a ``[[x, y], ...]`` contour (HoVer-Net / CellViT), repaired if self-touching.
+
+    Raises
+    ------
+    InputError
+        The contour is not a list of ``[x, y]`` number pairs, has fewer than 3 distinct points, or
+        encloses no area. The message names ``path`` and ``what`` (e.g. ``"nucleus 7"``).
+    """
+    try:
+        points = np.asarray(contour, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(path, f"{what} has a malformed contour ({exc})") from exc
+    if points.ndim == 1 and points.size <= 2:
+        raise InputError(path, f"{what} has a contour with fewer than 3 points")
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise InputError(path, f"{what} has a contour that is not a list of [x, y] points")
+    if not np.isfinite(points).all():
+        raise InputError(path, f"{what} has NaN or infinite contour coordinates")
+    if len(np.unique(points, axis=0)) < 3:
+        raise InputError(path, f"{what} has a contour with fewer than 3 points ({len(points)} given)")
+    polygon = Polygon(points)
+    if not polygon.is_valid:
+        repaired = shapely.make_valid(polygon)
+        parts = [g for g in getattr(repaired, "geoms", [repaired]) if g.geom_type == "Polygon"]
+        polygon = max(parts, key=lambda g: g.area) if parts else Polygon()
+    if polygon.is_empty or polygon.area <= 0:
+        raise InputError(path, f"{what} has a degenerate contour enclosing no area")
+    return polygon
+
+
+def _type_name(value: Any, names: dict[int, str], path: Path, what: str) -> str | None:
+    """Return the class name of a numeric nucleus ``type``; ``None`` for a missing type or type 0.
+
+    Raises
+    ------
+    InputError
+        ``type`` is not an integer, or is a non-zero type that ``names`` does not list.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
+        raise InputError(path, f"{what} has a non-integer type {value!r}")
+    number = int(value)
+    if number in names:
+        return names[number]
+    if number == 0:
+        return None
+    raise InputError(path, f"{what} has type {number}, which is not among the type names {sorted(names)}")
+
+
+def _read_hovernet(path: Path, data: dict[str, Any], type_names: dict[int, str] | None) -> gpd.GeoDataFrame:
+    """Read HoVer-Net's ``{"mag": ..., "nuc": {id: {"contour": [[x, y], ...], "type": t, ...}}}``."""
+    nuclei = data["nuc"]
+    if not isinstance(nuclei, dict):
+        raise InputError(
+            path, f'"nuc" must be an object mapping nucleus ids to nuclei, found {type(nuclei).__name__}'
+        )
+    if not nuclei:
+        raise InputError(path, 'holds no nuclei ("nuc" is empty)')
+    names = dict(PANNUKE_TYPE_NAMES if type_names is None else type_names)
+    ids: list[Any] = []
+    classes: list[str | None] = []
+    geoms: list[Any] = []
+    for key, nucleus in nuclei.items():
+        what = f"nucleus {key}"
+        if not isinstance(nucleus, dict):
+            raise InputError(path, f"{what} is not an object")
+        if "contour" not in nucleus:
+            raise InputError(path, f"{what} has no contour")
+        geoms.append(_contour_polygon(nucleus["contour"], path, what))
+        classes.append(_type_name(nucleus.get("type"), names, path, what))
+        ids.append(key)
+    return _frame(ids, classes, geoms)
+
+
 def _read_parquet(path: Path) -> gpd.GeoDataFrame:
     """Read a GeoParquet written by geopandas (HEST ``*_cellvit_seg.parquet``)."""
     try:
@@ -129,8 +223,8 @@ def _read_parquet(path: Path) -> gpd.GeoDataFrame:
     return _frame(ids, classes, list(gdf.geometry.to_numpy()))
 
 
-def read_cell_segmentation(path: str | Path) -> gpd.GeoDataFrame:
-    """Read a cell segmentation (GeoParquet, GeoJSON or zipped GeoJSON).
+def read_cell_segmentation(path: str | Path, *, type_names: dict[int, str] | None = None) -> gpd.GeoDataFrame:
+    """Read a cell segmentation (GeoParquet, GeoJSON, zipped GeoJSON or HoVer-Net JSON).
 
     Parameters
     ----------
@@ -138,7 +232,17 @@ def read_cell_segmentation(path: str | Path) -> gpd.GeoDataFrame:
         ``*.parquet`` (GeoParquet with ``geometry``, optional ``class`` and ``cell_id``), ``*.geojson`` /
         ``*.json`` or ``*.geojson.zip``. GeoJSON may hold one Feature per cell (class in
         ``properties.classification.name``) or, as CellViT writes it, one MultiPolygon Feature per class,
-        which is exploded into one row per polygon.
+        which is exploded into one row per polygon. A ``*.json`` whose top level is an object with a
+        ``"nuc"`` key is HoVer-Net output (``infer/tile.py`` / ``infer/wsi.py`` of vqdang/hover_net):
+        ``{"mag": 40, "nuc": {"1": {"bbox": [[r0, c0], [r1, c1]], "centroid": [x, y],
+        "contour": [[x, y], ...], "type_prob": p, "type": t}, ...}}``. Its contour and centroid are
+        ``[x, y]`` (the bbox is ``[row, col]`` and is ignored); coordinates are pixels at the magnification
+        HoVer-Net processed (``mag``), i.e. level-0 pixels when that is the slide's base magnification —
+        they are not rescaled here. Ids are the ``nuc`` keys; self-touching contours are repaired.
+    type_names
+        HoVer-Net only: class name of each numeric ``type``; default the PanNuke names of
+        ``PANNUKE_TYPE_NAMES`` (1 Neoplastic, 2 Inflammatory, 3 Connective, 4 Dead, 5 Epithelial).
+        Type 0 ("no label") and a missing/``null`` type give class ``None``.
 
     Returns
     -------
@@ -150,13 +254,19 @@ def read_cell_segmentation(path: str | Path) -> gpd.GeoDataFrame:
     Raises
     ------
     MissingInputError, InputError
-        The file is missing, unreadable, or holds no polygons.
+        The file is missing, unreadable, or holds no polygons; a HoVer-Net nucleus has no contour, a
+        contour with fewer than 3 points, or a type missing from ``type_names``.
     """
     path = require_file(path, "cell segmentation")
     name = path.name.lower()
     if name.endswith((".parquet", ".geoparquet")):
         return _read_parquet(path)
-    if name.endswith((".geojson", ".json", ".zip")):
+    if name.endswith(".json"):
+        data = _load_geojson(path)
+        if isinstance(data, dict) and "nuc" in data:
+            return _read_hovernet(path, data, type_names)
+        return _read_geojson(path, data)
+    if name.endswith((".geojson", ".zip")):
         return _read_geojson(path)
     raise InputError(path, "unknown cell segmentation format (expected .parquet, .geojson or .geojson.zip)")
 

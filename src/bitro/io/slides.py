@@ -492,7 +492,8 @@ class Slide:
         """Return the highest level whose downsample does not exceed ``downsample`` (0 if none)."""
         best = 0
         for level, level_ds in enumerate(self.level_downsamples):
-            if level_ds <= downsample * (1 + 1e-6):
+            # Pyramid downsamples are rounded (16.001 for 16): within 0.1 % counts as the level asked for.
+            if level_ds <= downsample * (1 + 1e-3):
                 best = level
         return best
 

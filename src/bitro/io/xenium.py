@@ -343,5 +343,6 @@ def read_xenium_section(
             "alignment": alignment.tolist(),
             "alignment_mpp": implied,
             "mpp_source": mpp_source,
+            "cells_path": str(cells_path),
         },
     )

@@ -1,0 +1,190 @@
+# Paper §3.1–3.2, Appendix B: tissue, units, stain normalisation, cells and their crops, per sample.
+
+
+rule tissue:
+    input:
+        unpack(sample_inputs),
+    output:
+        mask=SAMPLE_DIR / "tissue.npz",
+        geojson=SAMPLE_DIR / "tissue.geojson",
+    log:
+        LOGS / "tissue" / "{cohort}" / "{sample}.log",
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        sample=sample_args,
+        mask_mpp=config["tissue"]["mask_mpp"],
+    shell:
+        "bitro tissue {params.sample} --mask-mpp {params.mask_mpp} "
+        "--geojson {output.geojson} --out {output.mask} > {log} 2>&1"
+
+
+rule units:
+    input:
+        unpack(sample_inputs),
+        tissue=SAMPLE_DIR / "tissue.npz",
+    output:
+        SAMPLE_DIR / "units.parquet",
+    log:
+        LOGS / "units" / "{cohort}" / "{sample}.log",
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        sample=sample_args,
+        patch=config["units"]["patch_size_um"],
+        tissue=config["units"]["min_tissue_fraction"],
+    shell:
+        "bitro units {params.sample} --tissue {input.tissue} --patch-size-um {params.patch} "
+        "--min-tissue-fraction {params.tissue} --out {output} > {log} 2>&1"
+
+
+if not STAIN_TARGET_IS_REFERENCE:
+
+    rule stain_reference:
+        input:
+            STAIN_TARGET,
+        output:
+            STAIN_REFERENCE,
+        log:
+            LOGS / "stain_reference.log",
+        conda:
+            "../../envs/bitro.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=20,
+        shell:
+            "bitro stain-reference --image {input} --out {output} > {log} 2>&1"
+
+
+rule stain:
+    input:
+        unpack(sample_inputs),
+        tissue=SAMPLE_DIR / "tissue.npz",
+        reference=STAIN_REFERENCE,
+    output:
+        SAMPLE_DIR / "stain.json",
+    log:
+        LOGS / "stain" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "stain" / "{cohort}" / "{sample}.tsv"
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        sample=sample_args,
+        method=config["stain"]["method"],
+        fit_mpp=config["stain"]["fit_mpp"],
+        n_tiles=config["stain"]["n_tiles"],
+    shell:
+        "bitro stain {params.sample} --tissue {input.tissue} --reference {input.reference} "
+        "--method {params.method} --fit-mpp {params.fit_mpp} --n-tiles {params.n_tiles} "
+        "--out {output} > {log} 2>&1"
+
+
+rule cellvit_script:
+    input:
+        unpack(sample_inputs),
+        model=CELLVIT_MODEL,
+    output:
+        SAMPLE_DIR / "cellvit" / "run.sh",
+    log:
+        LOGS / "cellvit_script" / "{cohort}" / "{sample}.log",
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        sample=sample_args,
+        outdir=lambda wc: sample_dir(wc.cohort, wc.sample) / "cellvit" / "output",
+        taxonomy=CELLVIT["taxonomy"],
+        batch=CELLVIT["batch_size"],
+    shell:
+        "bitro cellvit-script {params.sample} --model {input.model} --outdir {params.outdir} "
+        "--taxonomy {params.taxonomy} --batch-size {params.batch} --out {output} > {log} 2>&1"
+
+
+rule segment_cellvit:
+    input:
+        unpack(sample_inputs),
+        script=SAMPLE_DIR / "cellvit" / "run.sh",
+    output:
+        directory(SAMPLE_DIR / "cellvit" / "output"),
+    log:
+        LOGS / "segment_cellvit" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "segment_cellvit" / "{cohort}" / "{sample}.tsv"
+    conda:
+        "../../envs/cellvit.yaml"
+    threads: 8
+    resources:
+        mem_mb=64000,
+        runtime=240,
+        gpu=1,
+    shell:
+        "bash {input.script} > {log} 2>&1"
+
+
+rule cells:
+    input:
+        unpack(cells_inputs),
+    output:
+        **cells_outputs(),
+    log:
+        LOGS / "cells" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "cells" / "{cohort}" / "{sample}.tsv"
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        sample=sample_args,
+        segmentation=segmentation_args,
+        geojson=geojson_arg,
+    shell:
+        "bitro cells {params.sample} --tissue {input.tissue} --units {input.units} "
+        "{params.segmentation} --workers {threads} {params.geojson} "
+        "--out {output.cells} > {log} 2>&1"
+
+
+rule crops:
+    input:
+        unpack(sample_inputs),
+        cells=SAMPLE_DIR / "cells.parquet",
+        stain=SAMPLE_DIR / "stain.json",
+    output:
+        directory(SAMPLE_DIR / "crops.zarr"),
+    log:
+        LOGS / "crops" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "crops" / "{cohort}" / "{sample}.tsv"
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        sample=sample_args,
+        size=config["crops"]["size"],
+        mpp=config["crops"]["mpp"],
+    shell:
+        "bitro crops {params.sample} --cells {input.cells} --stain {input.stain} "
+        "--size {params.size} --crop-mpp {params.mpp} --workers {threads} --quiet "
+        "--out {output} > {log} 2>&1"
