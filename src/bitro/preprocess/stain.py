@@ -441,14 +441,3 @@ def mean_od_per_stain(model: StainModel, rgb: np.ndarray) -> np.ndarray:
         return np.zeros(2)
     return np.maximum(od @ np.linalg.pinv(model.matrix), 0.0).mean(axis=0)
 
-
-__all__ = [
-    "RUIFROK",
-    "STAIN_METHODS",
-    "StainModel",
-    "StainNormalizer",
-    "fit_macenko",
-    "fit_slide_stain",
-    "fit_stain_model",
-    "fit_vahadane",
-]
