@@ -440,4 +440,3 @@ def mean_od_per_stain(model: StainModel, rgb: np.ndarray) -> np.ndarray:
     if not len(od):
         return np.zeros(2)
     return np.maximum(od @ np.linalg.pinv(model.matrix), 0.0).mean(axis=0)
-

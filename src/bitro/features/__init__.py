@@ -1,0 +1,1 @@
+"""Cell features: encoders, embedding, dimension reduction, phenotypes and cell graphs."""
