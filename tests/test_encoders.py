@@ -93,3 +93,119 @@ def test_a_checkpoint_that_does_not_fit_fails_loudly(tiny_dinov3: Path, tmp_path
 def test_missing_weights_say_where_to_put_them(tmp_path: Path) -> None:
     with pytest.raises(MissingInputError, match="dinov3-vitl16"):
         DINOv3Encoder(tmp_path / "nowhere")
+
+
+def test_packaged_efficientnet_weights_are_the_real_imagenet_ones() -> None:
+    """Strictly loaded, offline, it names scikit-image's cat and coffee photos (ImageNet 285, 967)."""
+    from skimage import data
+
+    from bitro.features.efficientnet import load_efficientnet_lite0
+
+    model = load_efficientnet_lite0()
+    for image, expected in ((data.chelsea(), {281, 282, 285}), (data.coffee(), {967, 968, 504})):
+        with torch.inference_mode():
+            logits = model(preprocess(image[None], 224))
+        assert int(logits.argmax()) in expected
+
+
+def test_efficientnet_weights_that_do_not_fit_fail(tmp_path: Path) -> None:
+    from bitro.features.efficientnet import load_efficientnet_lite0, packaged_weights
+
+    state = torch.load(packaged_weights(), map_location="cpu", weights_only=True)
+    state.pop("_fc.bias")
+    torch.save(state, tmp_path / "truncated.pth")
+    with pytest.raises(InputError, match=r"truncated\.pth.*EfficientNet-Lite0"):
+        load_efficientnet_lite0(tmp_path / "truncated.pth")
+
+
+def test_registry_and_embedding_shapes() -> None:
+    from bitro.features.encoders import ENCODERS, load_encoder
+
+    x = crops(4)
+    for name in ("efficientnet_lite0", "morphology"):
+        encoder = load_encoder(name, image_size=64)
+        out = encoder.embed(x)
+        assert out.shape == (4, encoder.dim) and np.isfinite(out).all()
+    assert set(ENCODERS) == {"dinov3_vitl16", "efficientnet_lite0", "morphology"}
+    with pytest.raises(MissingInputError, match="resources/weights/dinov3_vitl16"):
+        load_encoder("dinov3_vitl16")
+    with pytest.raises(ValueError, match="unknown encoder"):
+        load_encoder("resnet")
+
+
+def test_morphology_measures_a_drawn_nucleus() -> None:
+    from bitro.features.encoders import MORPHOLOGY_FEATURES, MorphologyEncoder
+
+    yy, xx = np.mgrid[:48, :48]
+    disk = (xx - 24) ** 2 + (yy - 24) ** 2 <= 8**2
+    ellipse = ((xx - 24) / 14) ** 2 + ((yy - 24) / 5) ** 2 <= 1
+    images = np.full((2, 48, 48, 3), (235, 200, 225), dtype=np.uint8)
+    images[0][disk] = (90, 60, 140)
+    images[1][ellipse] = (90, 60, 140)
+    features = MorphologyEncoder().embed(images)
+    area = features[:, MORPHOLOGY_FEATURES.index("nucleus_area_px")]
+    eccentricity = features[:, MORPHOLOGY_FEATURES.index("nucleus_eccentricity")]
+    assert area[0] == disk.sum() and area[1] == ellipse.sum()
+    assert eccentricity[0] < 0.1 and eccentricity[1] > 0.9
+
+
+@pytest.fixture(scope="module")
+def demo_crops(small_demo: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bitro.io import open_slide
+    from bitro.preprocess.crops import CropParams, write_crops
+
+    root, _ = small_demo
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 1200, 700), rng.uniform(0, 1200, 700)
+    out = tmp_path_factory.mktemp("embed") / "crops.zarr"
+    with open_slide(root / "hest" / "wsis" / "DEMO01.tif") as slide:
+        return write_crops(slide, x, y, out, params=CropParams(chunk=128), progress=False)
+
+
+def test_crop_mode_writes_every_cells_embedding_and_its_description(
+    demo_crops: Path, tiny_dinov3: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from bitro.features.embed import embed_crops, read_embeddings
+    from bitro.preprocess.crops import read_crops
+
+    encoder = DINOv3Encoder(tiny_dinov3, image_size=64, bf16=False)
+    out = embed_crops(demo_crops, encoder, tmp_path / "embeddings.npy", batch_size=50, progress=False)
+    values, describe = read_embeddings(out)
+    expected = encoder.embed(read_crops(demo_crops)[:])
+    assert values.dtype == np.float16 and values.shape == (700, 32)
+    assert np.allclose(values, expected, atol=2e-2, rtol=1e-2)
+    assert describe["encoder"] == "dinov3_vitl16" and describe["weights_sha256"] == encoder.sha256
+    assert describe | {"mode": "crop", "crop_size": 48, "mpp": 0.5, "n_cells": 700} == describe
+    assert json.loads(out.with_suffix(".json").read_text()) == describe
+
+
+def test_an_interrupted_embedding_resumes(
+    demo_crops: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bitro.features.embed import embed_crops, read_embeddings
+    from bitro.features.encoders import MorphologyEncoder
+
+    encoder = MorphologyEncoder()
+    calls = {"n": 0}
+    real = MorphologyEncoder.embed
+
+    def failing(self: MorphologyEncoder, crops: np.ndarray) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, crops)
+
+    out = tmp_path / "embeddings.npy"
+    monkeypatch.setattr(MorphologyEncoder, "embed", failing)
+    with pytest.raises(KeyboardInterrupt):
+        embed_crops(demo_crops, encoder, out, batch_size=128, loader_workers=0, progress=False)
+    assert not out.exists() and out.with_name("embeddings.npy.partial").exists()
+    calls["n"] = -100  # no more failures
+    embed_crops(demo_crops, encoder, out, batch_size=128, loader_workers=0, progress=False)
+    assert calls["n"] == -100 + 6 - 2  # six chunks of 128, two already done
+    resumed, _ = read_embeddings(out)
+    monkeypatch.setattr(MorphologyEncoder, "embed", real)
+    fresh = embed_crops(demo_crops, encoder, tmp_path / "fresh.npy", loader_workers=2, progress=False)
+    assert np.array_equal(resumed, read_embeddings(fresh)[0])

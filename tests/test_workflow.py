@@ -15,6 +15,8 @@ import yaml
 from scipy import sparse
 
 from bitro.demo import demo_sample_ids, preset
+from bitro.features.embed import read_embeddings
+from bitro.features.graph import read_graph
 from bitro.io import read_sample
 from bitro.preprocess.cells import read_cells
 from bitro.preprocess.crops import read_crops
@@ -59,7 +61,7 @@ def test_demo_dag_has_one_units_and_targets_job_per_sample() -> None:
         for c in ("st", "bulk", "xenium")
     )
     assert counts["generate_demo"] == 1
-    for rule in ("tissue", "units", "stain", "cells", "crops", "targets"):
+    for rule in ("tissue", "units", "stain", "cells", "crops", "embed", "reduce", "graph", "targets"):
         assert counts[rule] == n_samples == 19, rule
     assert "segment_cellvit" not in counts and "stain_reference" not in counts
 
@@ -129,6 +131,7 @@ def small_demo_project(workdir: Path) -> dict[str, list[str]]:
         }
     cohorts["small_xenium"]["segmentation"] = {"backend": "precomputed"}
     config = {
+        "features": {"encoder": "efficientnet_lite0", "image_size": 48},
         "demo": {"generate": True, "outdir": "results/demo_data", "seed": 3, "preset": "small"},
         "cohorts": cohorts,
         "units": {"patch_size_um": 55, "min_tissue_fraction": 0.5},
@@ -161,6 +164,13 @@ def test_small_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
             assert crops.shape == (len(cells), 48, 48, 3) and len(cells) > 100
             assert set(cells["unit_id"]) - {-1} <= set(units["unit_id"])
             assert cells["source"].iloc[0] == ("xenium" if layout == "xenium" else "classical")
+            features = np.load(sample_dir / "features.npy")
+            embeddings, describe = read_embeddings(sample_dir / "embeddings.npy")
+            assert features.shape == (len(cells), 128) and embeddings.shape == (len(cells), 1280)
+            assert describe["encoder"] == "efficientnet_lite0" and describe["image_size"] == 48
+            graphs = read_graph(sample_dir / "graph.npz")
+            src, dst = graphs.global_edges()
+            assert np.array_equal(cells["unit_id"].to_numpy()[src], cells["unit_id"].to_numpy()[dst])
 
     again = snakemake(tmp_path, "--dry-run")
     assert "Nothing to be done" in again.stdout, again.stdout

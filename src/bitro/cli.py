@@ -26,6 +26,7 @@ FORMATS = ("hest", "tcga", "xenium")
 DEMO_PRESETS = ("default", "small")
 STAIN_METHODS = ("vahadane", "macenko", "none")
 SEGMENTATION_BACKENDS = ("classical", "precomputed", "cellvit")
+ENCODERS = ("dinov3_vitl16", "efficientnet_lite0", "morphology")
 
 
 def _add_sample_args(parser: argparse.ArgumentParser) -> None:
@@ -208,6 +209,61 @@ def _cmd_cellvit_script(args: argparse.Namespace) -> None:
     log.info("%s: CellViT++ command -> %s", args.sample, args.out)
 
 
+def _cmd_embed(args: argparse.Namespace) -> None:
+    from bitro.features.embed import embed_crops
+    from bitro.features.encoders import load_encoder
+
+    encoder = load_encoder(
+        args.encoder,
+        weights=args.weights,
+        image_size=args.image_size,
+        pooling=args.pooling,
+        device=args.device,
+    )
+    extra = {
+        "image_size": args.image_size,
+        "pooling": args.pooling if args.encoder.startswith("dinov3") else None,
+    }
+    embed_crops(
+        args.crops,
+        encoder,
+        args.out,
+        batch_size=args.batch_size,
+        loader_workers=args.loader_workers,
+        progress=not args.quiet,
+        extra=extra,
+    )
+    log.info("%s -> %s (%s, %d-d)", args.crops, args.out, encoder.name, encoder.dim)
+
+
+def _cmd_reduce(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from bitro.features.embed import read_embeddings
+    from bitro.features.reduce import fit_pca
+
+    embeddings, _ = read_embeddings(args.embeddings)
+    basis = fit_pca(embeddings, n_components=args.n_components, seed=args.seed)
+    with atomic_path(args.out) as tmp, tmp.open("wb") as handle:
+        np.save(handle, basis.transform(embeddings))
+    kept = float(basis.explained_variance_ratio.sum())
+    log.info(
+        "%s: PCA to %d (%.1f %% of variance) -> %s", args.embeddings, args.n_components, 100 * kept, args.out
+    )
+
+
+def _cmd_graph(args: argparse.Namespace) -> None:
+    from bitro.features.graph import knn_graphs, write_graph
+    from bitro.preprocess.cells import read_cells
+
+    cells = read_cells(args.cells, geometry=False)
+    graphs = knn_graphs(cells["x_um"], cells["y_um"], cells["unit_id"], k=args.k)
+    write_graph(graphs, args.out)
+    log.info(
+        "%s: %d units, %d edges -> %s", args.cells, len(graphs.unit_ids), graphs.edges.shape[1], args.out
+    )
+
+
 def _cmd_crops(args: argparse.Namespace) -> None:
     from bitro.io import read_sample
     from bitro.preprocess.cells import read_cells
@@ -379,6 +435,32 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--units", required=True, type=Path, help="the sample's units.parquet")
     targets.add_argument("--out", required=True, type=Path)
     targets.set_defaults(func=_cmd_targets)
+
+    embed = verbs.add_parser("embed", help="embed every cell crop: embeddings.npy and .json")
+    embed.add_argument("--crops", required=True, type=Path, help="the sample's crops.zarr")
+    embed.add_argument("--encoder", choices=ENCODERS, default="efficientnet_lite0")
+    embed.add_argument("--weights", type=Path, default=None, help="local weights (DINOv3: its directory)")
+    embed.add_argument("--image-size", type=int, default=224, help="side crops are resized to")
+    embed.add_argument("--pooling", choices=("mean", "cls"), default="mean", help="DINOv3 token pooling")
+    embed.add_argument("--batch-size", type=int, default=256)
+    embed.add_argument("--loader-workers", type=int, default=1, help="processes reading crops ahead")
+    embed.add_argument("--device", default="cpu", help="cpu or cuda")
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    embed.add_argument("--out", required=True, type=Path, help="embeddings.npy")
+    embed.set_defaults(func=_cmd_embed)
+
+    reduce = verbs.add_parser("reduce", help="per-sample PCA of the embeddings: features.npy")
+    reduce.add_argument("--embeddings", required=True, type=Path)
+    reduce.add_argument("--n-components", type=int, default=128)
+    reduce.add_argument("--seed", type=int, default=0)
+    reduce.add_argument("--out", required=True, type=Path, help="features.npy")
+    reduce.set_defaults(func=_cmd_reduce)
+
+    graph = verbs.add_parser("graph", help="kNN graph of the cells within each unit: graph.npz")
+    graph.add_argument("--cells", required=True, type=Path, help="the sample's cells.parquet")
+    graph.add_argument("--k", type=int, default=8)
+    graph.add_argument("--out", required=True, type=Path, help="graph.npz")
+    graph.set_defaults(func=_cmd_graph)
 
     info = verbs.add_parser("info", help="print a slide's levels, pixel size and reader backend")
     info.add_argument("slide", type=Path)

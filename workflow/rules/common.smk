@@ -158,6 +158,14 @@ def geojson_arg(wildcards, output):
     return f"--geojson {output.geojson}" if CELLS_GEOJSON else ""
 
 
+FEATURES = config["features"]
+
+
+def encoder_weights_arg(wildcards):
+    weights = FEATURES.get("weights")
+    return "" if weights is None else f"--weights {repo_path(weights)}"
+
+
 def sample_args(wildcards):
     """Command-line options that name a sample for the ``bitro`` verbs."""
     cohort = COHORTS[wildcards.cohort]
@@ -177,5 +185,5 @@ def all_targets():
         sample_dir(cohort, sample) / name
         for cohort, sheet in SAMPLES.items()
         for sample in sheet.index
-        for name in ("units.parquet", "targets.h5ad", "cells.parquet", "crops.zarr")
+        for name in ("units.parquet", "targets.h5ad", "features.npy", "graph.npz")
     ]

