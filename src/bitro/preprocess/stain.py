@@ -330,16 +330,13 @@ class StainNormalizer:
         if not self.identity:
             assert target is not None
             scale = (target.max_concentrations / source.max_concentrations).astype(np.float32)
-            self._unmix = np.linalg.pinv(source.matrix).astype(np.float32)
             self._scaled_target = scale[:, None] * target.matrix.astype(np.float32)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """Normalised copy of ``rgb`` (…, 3 uint8)."""
         if self.identity:
             return rgb
-        od = self.source.optical_density(rgb)
-        conc = np.maximum(od @ self._unmix, 0.0)
-        out = 255.0 * np.exp(-(conc @ self._scaled_target))
+        out = 255.0 * np.exp(-(self.source.concentrations(rgb) @ self._scaled_target))
         return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
