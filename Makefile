@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.bitro-installed
 CORES ?= all
 
-.PHONY: demo test test-fast lint format install clean
+.PHONY: demo ablations test test-fast lint format install clean
 
 install: $(STAMP)
 
@@ -24,6 +24,12 @@ RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
 demo: $(STAMP)
 	$(RUN) $(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+	@column -t -s "$$(printf '\t')" results/demo_summary.tsv
+
+# Paper Tables 7-8 on the demo: without cluster loss, without normalisation, without transfer.
+ablations: $(STAMP)
+	$(RUN) $(BIN)/snakemake ablations --cores $(CORES) --configfile config/config.yaml
+	@column -t -s "$$(printf '\t')" results/ablations/table.tsv
 
 test: $(STAMP)
 	$(RUN) $(BIN)/python -m pytest

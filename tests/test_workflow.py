@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from scipy import sparse
+from scipy import sparse, stats
 
 from bitro.demo import demo_sample_ids, preset
+from bitro.evaluate.splits import read_folds
 from bitro.features.embed import read_embeddings
 from bitro.features.graph import read_graph
 from bitro.io import read_sample
@@ -132,6 +134,11 @@ def small_demo_project(workdir: Path) -> dict[str, list[str]]:
     cohorts["small_xenium"]["segmentation"] = {"backend": "precomputed"}
     config = {
         "features": {"encoder": "efficientnet_lite0", "image_size": 48},
+        # The small preset's sections share one patient: leave one section out, train briefly.
+        "evaluation": {"st_group_by": "sample", "xenium_strips": 3},
+        "genes": {"n_genes": 20},
+        "training": {"max_epochs": 2, "lr": 0.001, "batch_bags": 16},
+        "baselines": {"mlp_epochs": 2},
         "demo": {"generate": True, "outdir": "results/demo_data", "seed": 3, "preset": "small"},
         "cohorts": cohorts,
         "units": {"patch_size_um": 55, "min_tissue_fraction": 0.5},
@@ -140,10 +147,57 @@ def small_demo_project(workdir: Path) -> dict[str, list[str]]:
     return ids
 
 
+def check_evaluation(results: Path) -> None:
+    """Each fold predicts exactly its test samples; files and tables agree with each other and with scipy."""
+    for level in ("st", "bulk", "xenium"):
+        cohort = results / f"small_{level}"
+        folds = read_folds(cohort / "folds.json")
+        genes = (cohort / "genes.txt").read_text().split()
+        for fold in folds.folds:
+            folder = cohort / fold.name
+            model = json.loads((folder / "model.json").read_text())
+            assert model["genes"] == genes and model["fold"]["test"] == fold.test
+            predictions = ad.read_h5ad(folder / "predictions.h5ad")
+            cells = ad.read_h5ad(folder / "cells_pred.h5ad")
+            assert set(predictions.obs["sample_id"]) == set(fold.test) == set(cells.obs["sample_id"])
+            assert predictions.var_names.tolist() == genes
+            # Eq. 10: the pseudo-cells of a bag add up to its prediction (count space).
+            key = cells.obs["sample_id"].astype(str) + ":" + cells.obs["unit_id"].astype(str)
+            sums = pd.DataFrame(dense(cells.X), index=key).groupby(level=0).sum()
+            if level == "bulk":
+                totals = sums.groupby(sums.index.str.split(":").str[0]).sum()
+                assert np.allclose(
+                    totals.loc[predictions.obs_names].to_numpy(), dense(predictions.X), rtol=1e-3
+                )
+            else:
+                assert np.allclose(
+                    sums.loc[predictions.obs_names].to_numpy(), dense(predictions.X), rtol=1e-3
+                )
+            table = pd.read_csv(folder / "metrics.tsv", sep="\t")
+            unit_level = "slide" if level == "bulk" else "spot"
+            row = table[(table["level"] == unit_level) & table["space"].str.startswith("log1p")].iloc[0]
+            scored = predictions[predictions.obs["scored"].to_numpy()]
+            truth, pred = np.log1p(dense(scored.layers["truth"])), np.log1p(dense(scored.X))
+            if len(scored) > 2 and row["scope"] == "pooled":
+                by_hand = [
+                    stats.pearsonr(truth[:, g], pred[:, g])[0]
+                    for g in range(len(genes))
+                    if np.ptp(truth[:, g]) > 0 and np.ptp(pred[:, g]) > 0
+                ]
+                assert np.isclose(row["pcc_gene"], np.mean(by_hand), atol=1e-6)
+            if level == "xenium":
+                assert "cell" in set(table["level"]) and "truth" in cells.layers
+            baselines = pd.read_csv(folder / "baselines.tsv", sep="\t")
+            assert {"training_mean", "hest_probe", "mlp", "oracle_composition"} <= set(baselines["model"])
+        summary = pd.read_csv(cohort / "metrics.tsv", sep="\t")
+        assert summary["fold"].tolist()[-2:] == ["mean", "std"]
+        assert len(summary) == summary.groupby(["level", "space"]).ngroups * (len(folds.folds) + 2)
+
+
 @pytest.mark.slow
 def test_small_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     ids = small_demo_project(tmp_path)
-    done = snakemake(tmp_path)
+    done = snakemake(tmp_path, timeout=1800)
     assert done.returncode == 0, done.stdout
     results = tmp_path / "results"
     assert (results / "benchmarks" / "demo" / "generate_demo.tsv").exists()
@@ -172,6 +226,8 @@ def test_small_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
             src, dst = graphs.global_edges()
             assert np.array_equal(cells["unit_id"].to_numpy()[src], cells["unit_id"].to_numpy()[dst])
 
+    check_evaluation(results)
+
     again = snakemake(tmp_path, "--dry-run")
     assert "Nothing to be done" in again.stdout, again.stdout
 
@@ -180,7 +236,7 @@ def test_small_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     resumed = snakemake(tmp_path, "--printshellcmds")
     assert resumed.returncode == 0, resumed.stdout
     assert lost.exists()
-    assert "bitro demo" not in resumed.stdout and resumed.stdout.count("bitro targets") == 1
+    assert "bitro demo --out" not in resumed.stdout and resumed.stdout.count("bitro targets") == 1
 
 
 @pytest.mark.parametrize(

@@ -8,13 +8,18 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from bitro import __version__
 from bitro._atomic import atomic_path
+from bitro.commands import cohort as cohort_commands
+from bitro.commands import evaluate as evaluate_commands
+from bitro.commands import train as train_commands
+from bitro.commands import transfer as transfer_commands
 from bitro.errors import InputError
 
 if TYPE_CHECKING:
+    from bitro.features.encoders import Encoder
     from bitro.io.sample import Sample
     from bitro.preprocess.segment import ClassicalParams
     from bitro.preprocess.tissue import TissueMask
@@ -212,7 +217,18 @@ def _cmd_cellvit_script(args: argparse.Namespace) -> None:
 def _cmd_embed(args: argparse.Namespace) -> None:
     from bitro.features.embed import embed_crops
     from bitro.features.encoders import load_encoder
+    from bitro.features.tokens import resolve_mode
 
+    try:
+        mode = resolve_mode(args.mode, args.encoder)
+    except ValueError as error:
+        _usage_error("embed", str(error))
+    if mode == "crop" and args.crops is None:
+        _usage_error("embed", "crop mode needs --crops")
+    if mode == "tile-token" and (args.cells is None or (args.slide is None and args.sample is None)):
+        _usage_error(
+            "embed", "tile-token mode needs --cells and the slide (--slide, or --format --root --sample)"
+        )
     encoder = load_encoder(
         args.encoder,
         weights=args.weights,
@@ -220,6 +236,9 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         pooling=args.pooling,
         device=args.device,
     )
+    if mode == "tile-token":
+        _embed_tile_tokens(args, encoder)
+        return
     extra = {
         "image_size": args.image_size,
         "pooling": args.pooling if args.encoder.startswith("dinov3") else None,
@@ -234,6 +253,46 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         extra=extra,
     )
     log.info("%s -> %s (%s, %d-d)", args.crops, args.out, encoder.name, encoder.dim)
+
+
+def _embed_tile_tokens(args: argparse.Namespace, encoder: Encoder) -> None:
+    """``bitro embed --mode tile-token``: open the slide and the stain model, embed tile by tile."""
+    from bitro.features.tokens import TileSettingsError, embed_tiles
+    from bitro.io import open_slide, read_sample
+    from bitro.preprocess.stain import read_normalizer
+
+    if args.slide is not None:
+        slide = open_slide(args.slide, mpp=args.mpp)
+    else:
+        if args.format is None or args.root is None:
+            _usage_error("embed", "--sample needs --format and --root")
+        slide = read_sample(args.format, args.root, args.sample, mpp=args.mpp).open_slide()
+    normalizer = None if args.stain is None else read_normalizer(args.stain)
+    with slide:
+        try:
+            embed_tiles(
+                slide,
+                args.cells,
+                normalizer,
+                encoder,
+                args.out,
+                mpp=args.crop_mpp,
+                tile_px=args.tile_size,
+                margin_px=args.tile_margin,
+                batch_tiles=args.tile_batch,
+                part_tiles=args.part_tiles,
+                loader_workers=args.loader_workers,
+                progress=not args.quiet,
+            )
+        except TileSettingsError as error:
+            _usage_error("embed", str(error))
+    log.info("%s -> %s (%s tile tokens, %d-d)", slide.path.name, args.out, args.encoder, encoder.dim)
+
+
+def _usage_error(verb: str, message: str) -> NoReturn:
+    """Print ``bitro <verb>: error: message`` and exit with status 2, as argparse does."""
+    print(f"bitro {verb}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _cmd_reduce(args: argparse.Namespace) -> None:
@@ -436,15 +495,39 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--out", required=True, type=Path)
     targets.set_defaults(func=_cmd_targets)
 
-    embed = verbs.add_parser("embed", help="embed every cell crop: embeddings.npy and .json")
-    embed.add_argument("--crops", required=True, type=Path, help="the sample's crops.zarr")
+    embed = verbs.add_parser(
+        "embed",
+        help="embed every cell: embeddings.npy and .json (crop mode: from crops.zarr; tile-token mode: from "
+        "the slide, one encoder pass per tile, tokens pooled under each nucleus)",
+    )
+    embed.add_argument(
+        "--mode",
+        choices=("auto", "crop", "tile-token"),
+        default="crop",
+        help="crop: one forward per cell crop; tile-token: one per tile; auto: tile-token for DINOv3, "
+        "else crop",
+    )
+    embed.add_argument("--crops", type=Path, default=None, help="crop mode: the sample's crops.zarr")
     embed.add_argument("--encoder", choices=ENCODERS, default="efficientnet_lite0")
     embed.add_argument("--weights", type=Path, default=None, help="local weights (DINOv3: its directory)")
-    embed.add_argument("--image-size", type=int, default=224, help="side crops are resized to")
-    embed.add_argument("--pooling", choices=("mean", "cls"), default="mean", help="DINOv3 token pooling")
-    embed.add_argument("--batch-size", type=int, default=256)
-    embed.add_argument("--loader-workers", type=int, default=1, help="processes reading crops ahead")
+    embed.add_argument("--image-size", type=int, default=224, help="crop mode: side crops are resized to")
+    embed.add_argument("--pooling", choices=("mean", "cls"), default="mean", help="crop mode: DINOv3 pooling")
+    embed.add_argument("--batch-size", type=int, default=256, help="crop mode: crops per encoder call")
+    embed.add_argument("--loader-workers", type=int, default=1, help="processes reading crops or tiles ahead")
     embed.add_argument("--device", default="cpu", help="cpu or cuda")
+    tiles = embed.add_argument_group("tile-token mode")
+    tiles.add_argument("--slide", type=Path, default=None, help="the slide file (or name the sample below)")
+    tiles.add_argument("--format", choices=FORMATS, default=None, help="input layout of the sample's cohort")
+    tiles.add_argument("--root", type=Path, default=None, help="the cohort's root directory")
+    tiles.add_argument("--sample", default=None, help="sample id in the layout")
+    tiles.add_argument("--mpp", type=float, default=None, help="override the slide's µm per pixel")
+    tiles.add_argument("--cells", type=Path, default=None, help="the sample's cells.parquet")
+    tiles.add_argument("--stain", type=Path, default=None, help="stain.json; omit to keep slide colours")
+    tiles.add_argument("--crop-mpp", type=float, default=0.5, help="pixel size the encoder sees (µm)")
+    tiles.add_argument("--tile-size", type=int, default=512, help="tile core (px), a multiple of 32")
+    tiles.add_argument("--tile-margin", type=int, default=64, help="context around each core (px)")
+    tiles.add_argument("--tile-batch", type=int, default=4, help="tiles per encoder call")
+    tiles.add_argument("--part-tiles", type=int, default=32, help="tiles per resumable part")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.add_argument("--out", required=True, type=Path, help="embeddings.npy")
     embed.set_defaults(func=_cmd_embed)
@@ -466,6 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("slide", type=Path)
     info.add_argument("--mpp", type=float, default=None)
     info.set_defaults(func=_cmd_info)
+
+    cohort_commands.register(verbs)
+    train_commands.register(verbs)
+    evaluate_commands.register(verbs)
+    transfer_commands.register(verbs)
     return parser
 
 

@@ -1,4 +1,6 @@
+import json
 import re
+from types import SimpleNamespace
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +44,11 @@ def _alternatives(values):
 
 wildcard_constraints:
     cohort=_alternatives(COHORTS),
+    source=_alternatives(COHORTS),
+    target=_alternatives(COHORTS),
+    variant=r"[A-Za-z0-9_]+",
+    scope=r"sample|cohort",
+    fold=r"fold\d+",
     sample=_alternatives(s for sheet in SAMPLES.values() for s in sheet.index),
 
 
@@ -180,10 +187,299 @@ def sample_args(wildcards):
     return " ".join(args)
 
 
+COHORT_DIR = RESULTS / "{cohort}"
+FOLD_DIR = COHORT_DIR / "{fold}"
+EVALUATION = config["evaluation"]
+TRAINING = config["training"]
+
+
+def fold_dir(wildcards):
+    return RESULTS / wildcards.cohort / wildcards.fold
+
+
+def samples_dir(wildcards):
+    return RESULTS / wildcards.cohort / "samples"
+
+
+def st_group_by(cohort):
+    return COHORTS[cohort].get("group_by", EVALUATION["st_group_by"])
+
+
+def fold_names(cohort):
+    """The folds folds.json will hold, known from the sample sheet before it is written."""
+    level = COHORTS[cohort]["level"]
+    if level == "bulk":
+        return ["fold0"]
+    if level == "xenium":
+        return [f"fold{k}" for k in range(EVALUATION["xenium_strips"])]
+    sheet = SAMPLES[cohort]
+    if st_group_by(cohort) == "patient":
+        groups = sheet["patient_id"].fillna(sheet["sample_id"]).nunique()
+    else:
+        groups = len(sheet)
+    return [f"fold{k}" for k in range(groups)]
+
+
+def cohort_sample_files(name):
+    """Input function: ``name`` in every sample folder of the cohort."""
+
+    def files(wildcards):
+        return [
+            sample_dir(wildcards.cohort, sample) / name
+            for sample in SAMPLES[wildcards.cohort].index
+        ]
+
+    return files
+
+
+cohort_targets = cohort_sample_files("targets.h5ad")
+
+
+def gene_list_input(wildcards):
+    path = COHORTS[wildcards.cohort].get("gene_list")
+    return [] if path is None else [repo_path(path)]
+
+
+def fold_cells_inputs(wildcards):
+    """Xenium strips are cut from the cells' extent; the other protocols need no cells."""
+    if COHORTS[wildcards.cohort]["level"] != "xenium":
+        return []
+    return cohort_sample_files("cells.parquet")(wildcards)
+
+
+def feature_inputs(wildcards, scope=None):
+    """Per-cell features of every sample and, in cohort scope, the fold's PCA basis."""
+    scope = scope or getattr(wildcards, "scope", None) or TRAINING["feature_scope"]
+    inputs = {"folds": RESULTS / wildcards.cohort / "folds.json"}
+    if scope == "cohort":
+        inputs["embeddings"] = cohort_sample_files("embeddings.npy")(wildcards)
+        inputs["basis"] = fold_dir(wildcards) / "pca.npz"
+    else:
+        inputs["features"] = cohort_sample_files("features.npy")(wildcards)
+    return inputs
+
+
+def phenotype_inputs(wildcards):
+    return feature_inputs(wildcards)
+
+
+def train_inputs(wildcards, scope=None):
+    scope = scope or TRAINING["feature_scope"]
+    inputs = feature_inputs(wildcards, scope) | {
+        "genes": RESULTS / wildcards.cohort / "genes.txt",
+        "phenotypes": fold_dir(wildcards) / f"phenotypes_{scope}.npz",
+    }
+    for name in ("cells.parquet", "graph.npz", "units.parquet", "targets.h5ad"):
+        inputs[name.split(".")[0]] = cohort_sample_files(name)(wildcards)
+    return inputs
+
+
+def fold_files(cohort, name):
+    return [RESULTS / cohort / fold / name for fold in fold_names(cohort)]
+
+
+def sample_files_inputs(wildcards):
+    """Every per-sample file a fold's prediction or baselines read."""
+    return {
+        name.split(".")[0]: cohort_sample_files(name)(wildcards)
+        for name in ("cells.parquet", "graph.npz", "units.parquet", "targets.h5ad")
+    }
+
+
+def predict_inputs(wildcards):
+    inputs = feature_inputs(wildcards) | sample_files_inputs(wildcards)
+    inputs["model"] = fold_dir(wildcards) / "model.json"
+    inputs["weights"] = fold_dir(wildcards) / "model.safetensors"
+    return inputs
+
+
+def baseline_inputs(wildcards):
+    inputs = sample_files_inputs(wildcards) | {
+        "folds": RESULTS / wildcards.cohort / "folds.json",
+        "genes": RESULTS / wildcards.cohort / "genes.txt",
+        "embeddings": cohort_sample_files("embeddings.npy")(wildcards),
+    }
+    if COHORTS[wildcards.cohort].get("generated_by_demo", False):
+        inputs["demo"] = DEMO_MANIFEST
+    return inputs
+
+
+def xenium_root_arg(wildcards):
+    cohort = COHORTS[wildcards.cohort]
+    return f"--xenium-root {cohort['root']}" if cohort["level"] == "xenium" else ""
+
+
+def demo_truth_arg(wildcards):
+    """The demo's planted cell types feed the oracle baseline; real cohorts have none."""
+    cohort = COHORTS[wildcards.cohort]
+    if not cohort.get("generated_by_demo", False):
+        return ""
+    root = Path(cohort["root"])
+    folder = (
+        root / "{sample}" / "truth" if cohort["format"] == "xenium" else root / "truth"
+    )
+    return f"--truth-pattern '{folder / '{sample}_cells.h5ad'}'"
+
+
+TRANSFER = config["transfer"]
+TRANSFER_DIR = RESULTS / "transfer" / "{source}_to_{target}"
+TRANSFER_PAIRS = (
+    [tuple(pair) for pair in TRANSFER["pairs"]] if TRANSFER["mode"] != "none" else []
+)
+for _source, _target in TRANSFER_PAIRS:
+    if _source not in COHORTS or _target not in COHORTS:
+        raise ValueError(
+            f"transfer pair {_source} -> {_target} names a cohort not in `cohorts`"
+        )
+
+
+def transfer_settings(wildcards):
+    # Transfer runs on per-sample features whatever the main runs use (see finetune_inputs).
+    training = TRAINING | {"feature_scope": "sample"}
+    return json.dumps(
+        {"model": config["model"], "training": training, "transfer": TRANSFER}
+    )
+
+
+def transfer_fold_dir(wildcards):
+    return (
+        RESULTS
+        / "transfer"
+        / f"{wildcards.source}_to_{wildcards.target}"
+        / wildcards.fold
+    )
+
+
+def _as_cohort(wildcards, cohort):
+    """The wildcards of ``cohort``'s own rules for the same fold (transfer rules name two cohorts)."""
+    return SimpleNamespace(cohort=cohort, fold=getattr(wildcards, "fold", "fold0"))
+
+
+def pretrain_inputs(wildcards):
+    source = _as_cohort(wildcards, wildcards.source)
+    inputs = sample_files_inputs(source) | {
+        "features": cohort_sample_files("features.npy")(source),
+        "source_genes": RESULTS / wildcards.source / "genes.txt",
+        "source_folds": RESULTS / wildcards.source / "folds.json",
+        "source_sheet": COHORTS[wildcards.source]["samples"],
+        "target_folds": RESULTS / wildcards.target / "folds.json",
+        "target_sheet": COHORTS[wildcards.target]["samples"],
+    }
+    return inputs
+
+
+def finetune_inputs(wildcards):
+    target = _as_cohort(wildcards, wildcards.target)
+    # Transfer works on per-sample features: a PCA basis fitted on one cohort does not describe another.
+    inputs = train_inputs(target, "sample")
+    inputs["pretrain"] = (
+        RESULTS
+        / "transfer"
+        / f"{wildcards.source}_to_{wildcards.target}"
+        / "pretrain"
+        / "model.json"
+    )
+    inputs["target_sheet"] = COHORTS[wildcards.target]["samples"]
+    return inputs
+
+
+def transfer_predict_inputs(wildcards):
+    target = _as_cohort(wildcards, wildcards.target)
+    inputs = feature_inputs(target, "sample") | sample_files_inputs(target)
+    inputs["model"] = transfer_fold_dir(wildcards) / "model.json"
+    return inputs
+
+
+PROTOCOLS = {"st": "leave-one-out", "bulk": "patient split", "xenium": "spatial strips"}
+
+
+def cohort_summary_tables(cohort):
+    tables = [RESULTS / cohort / "metrics.tsv", RESULTS / cohort / "baselines.tsv"]
+    return tables + [
+        RESULTS / "transfer" / f"{source}_to_{target}" / "metrics.tsv"
+        for source, target in TRANSFER_PAIRS
+        if target == cohort
+    ]
+
+
+def demo_summary_inputs(wildcards):
+    return {cohort: cohort_summary_tables(cohort) for cohort in COHORTS}
+
+
+def demo_summary_args(wildcards):
+    specs = []
+    for cohort in COHORTS:
+        protocol = PROTOCOLS[COHORTS[cohort]["level"]]
+        tables = ",".join(str(t) for t in cohort_summary_tables(cohort))
+        specs.append(f"--cohort '{cohort},{protocol},{tables}'")
+    return " ".join(specs)
+
+
+ABLATIONS = config["ablations"]
+ABLATION_DIR = RESULTS / "ablations" / "{variant}" / "{cohort}"
+
+
+def ablation_training(wildcards):
+    return TRAINING | ABLATIONS["variants"][wildcards.variant].get("training", {})
+
+
+def ablation_fold_dir(wildcards):
+    return RESULTS / "ablations" / wildcards.variant / wildcards.cohort / wildcards.fold
+
+
+def ablation_train_inputs(wildcards):
+    return train_inputs(wildcards, ablation_training(wildcards)["feature_scope"])
+
+
+def ablation_predict_inputs(wildcards):
+    scope = ablation_training(wildcards)["feature_scope"]
+    inputs = feature_inputs(wildcards, scope) | sample_files_inputs(wildcards)
+    inputs["model"] = ablation_fold_dir(wildcards) / "model.json"
+    return inputs
+
+
+def ablation_tables(cohort):
+    """The main run, its transfer runs, then each ablation, all on the same folds."""
+    tables = [RESULTS / cohort / "metrics.tsv"]
+    tables += [
+        RESULTS / "transfer" / f"{source}_to_{target}" / "metrics.tsv"
+        for source, target in TRANSFER_PAIRS
+        if target == cohort
+    ]
+    return tables + [
+        RESULTS / "ablations" / variant / cohort / "metrics.tsv"
+        for variant in ABLATIONS["variants"]
+    ]
+
+
+def ablation_table_inputs(wildcards):
+    return {cohort: ablation_tables(cohort) for cohort in ABLATIONS["cohorts"]}
+
+
+def ablation_table_args(wildcards):
+    specs = []
+    for cohort in ABLATIONS["cohorts"]:
+        protocol = PROTOCOLS[COHORTS[cohort]["level"]]
+        tables = ",".join(str(t) for t in ablation_tables(cohort))
+        specs.append(f"--cohort '{cohort},{protocol},{tables}'")
+    return " ".join(specs)
+
+
 def all_targets():
-    return [
+    per_sample = [
         sample_dir(cohort, sample) / name
         for cohort, sheet in SAMPLES.items()
         for sample in sheet.index
         for name in ("units.parquet", "targets.h5ad", "features.npy", "graph.npz")
     ]
+    cohort_tables = [
+        RESULTS / cohort / name
+        for cohort in COHORTS
+        for name in ("metrics.tsv", "baselines.tsv")
+    ]
+    transfer_tables = [
+        RESULTS / "transfer" / f"{source}_to_{target}" / "metrics.tsv"
+        for source, target in TRANSFER_PAIRS
+    ]
+    summary = [RESULTS / "demo_summary.tsv"] if DEMO_ENABLED else []
+    return per_sample + cohort_tables + transfer_tables + summary

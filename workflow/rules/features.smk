@@ -1,9 +1,13 @@
 # Paper §3.2–3.3: cell embeddings, PCA to 128 dimensions, kNN graphs within units.
 
 
+# How cells are embedded (features.mode) and what the embed rule reads: embedding.smk.
+include: "embedding.smk"
+
+
 rule embed:
     input:
-        crops=SAMPLE_DIR / "crops.zarr",
+        unpack(embed_inputs),
     output:
         embeddings=SAMPLE_DIR / "embeddings.npy",
         description=SAMPLE_DIR / "embeddings.json",
@@ -19,6 +23,7 @@ rule embed:
         runtime=240,
         gpu=FEATURES["gpu"],
     params:
+        source=embed_source_args,
         encoder=FEATURES["encoder"],
         weights=encoder_weights_arg,
         image_size=FEATURES["image_size"],
@@ -26,7 +31,7 @@ rule embed:
         batch=FEATURES["batch_size"],
         device="cuda" if FEATURES["gpu"] else "cpu",
     shell:
-        "bitro embed --crops {input.crops} --encoder {params.encoder} {params.weights} "
+        "bitro embed {params.source} --encoder {params.encoder} {params.weights} "
         "--image-size {params.image_size} --pooling {params.pooling} --batch-size {params.batch} "
         "--device {params.device} --quiet --out {output.embeddings} > {log} 2>&1"
 

@@ -82,15 +82,16 @@ class DemoConfig:
 
 
 #: Named demo sizes: ``default`` is the embedded demo ``make demo`` runs; ``small`` is a quick cohort for
-#: tests and trying the pipeline (2 ST sections of one patient, 3 bulk slides of 2 patients, 1 Xenium).
+#: tests and trying the pipeline (3 ST sections of one patient, 4 bulk slides of 3 patients, 1 Xenium): the
+#: fewest that leave-one-out and a patient split with a validation set can run on.
 PRESETS: dict[str, DemoConfig] = {
     "default": DemoConfig(),
     "small": DemoConfig(
         n_genes=80,
         n_hest_patients=1,
-        hest_sections_per_patient=2,
+        hest_sections_per_patient=3,
         st_size_um=(600.0, 600.0),
-        n_tcga_patients=2,
+        n_tcga_patients=3,
         tcga_two_slide_patients=1,
         bulk_size_um=(500.0, 500.0),
         n_xenium=1,

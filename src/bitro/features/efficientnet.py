@@ -74,12 +74,32 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = nn.BatchNorm2d(1280, **BN)
         self._fc = nn.Linear(1280, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map (n, 1280, ⌈h/32⌉, ⌈w/32⌉), before global pooling."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        x = F.relu6(self._bn1(self._conv_head(x)))
-        return x.mean(dim=(2, 3))
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1280-d embedding: the mean of :meth:`feature_map`."""
+        return self.feature_map(x).mean(dim=(2, 3))
+
+    def feature_grid(self, size: int) -> tuple[float, float, int]:
+        """Where the feature map's cells sit on a ``size``-px input side: (stride, centre of cell 0, count).
+
+        Cell ``j`` of the map is centred on input coordinate ``stride·j + centre`` (pixel ``p`` spans
+        ``[p, p + 1)``), the midpoint of its receptive field. TensorFlow "same" padding puts the extra
+        pixel of an even padding total on the right, so the map is shifted right: for even sizes at every
+        stage, cell ``j`` is centred on ``32·j + 31.5``, not on ``32·j + 16``.
+        """
+        scale, shift, n = 1.0, 0.5, size
+        for conv in (m for m in self.modules() if isinstance(m, SameConv2d)):
+            k, s = conv.kernel_size[0], conv.stride[0]
+            pad = max((math.ceil(n / s) - 1) * s + k - n, 0) // 2
+            scale, shift = scale * s, shift + scale * ((k - 1) / 2 - pad)
+            n = math.ceil(n / s)
+        return scale, shift, n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self.features(x))

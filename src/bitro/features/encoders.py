@@ -112,13 +112,32 @@ class DINOv3Encoder:
         self.sha256 = weights_sha256(weights)
         self._registers = int(getattr(model.config, "num_register_tokens", 0))
 
+    @property
+    def n_registers(self) -> int:
+        """Register tokens between the CLS token and the patch tokens."""
+        return self._registers
+
+    @property
+    def patch_size(self) -> int:
+        """Side (px) of the square patch behind each patch token."""
+        return int(self.model.config.patch_size)
+
+    @torch.inference_mode()
+    def tokens(self, images: np.ndarray, size: int | None = None) -> torch.Tensor:
+        """Output tokens (n, 1 + registers + patches, dim) of uint8 images (n, h, w, 3), on the device.
+
+        Images are resized to ``size`` (default: ``image_size``); the patches follow the CLS and register
+        tokens row by row (``(size / patch)²`` of them). The dtype is the forward's (bf16 under autocast).
+        """
+        x = preprocess(images, self.image_size if size is None else size).to(self.device)
+        use_bf16 = self.bf16 and (self.device != "cpu" or torch.backends.mkldnn.is_available())
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16):
+            return self.model(pixel_values=x).last_hidden_state
+
     @torch.inference_mode()
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """Embeddings (n × dim, float32) of uint8 crops (n, h, w, 3)."""
-        x = preprocess(crops, self.image_size).to(self.device)
-        use_bf16 = self.bf16 and (self.device != "cpu" or torch.backends.mkldnn.is_available())
-        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16):
-            tokens = self.model(pixel_values=x).last_hidden_state
+        tokens = self.tokens(crops)
         # Token layout: CLS, register tokens, then the patches.
         pooled = tokens[:, 0] if self.pooling == "cls" else tokens[:, 1 + self._registers :].mean(dim=1)
         return pooled.float().cpu().numpy()
@@ -144,10 +163,18 @@ class EfficientNetEncoder:
         self.sha256 = weights_sha256([weights])
 
     @torch.inference_mode()
+    def feature_map(self, images: np.ndarray, size: int | None = None) -> torch.Tensor:
+        """The last feature map (n, 1280, ⌈size/32⌉, ⌈size/32⌉) of uint8 images, on the device.
+
+        Images are resized to ``size`` (default: ``image_size``).
+        """
+        x = preprocess(images, self.image_size if size is None else size).to(self.device)
+        return self.model.feature_map(x)
+
+    @torch.inference_mode()
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """Embeddings (n × 1280, float32) of uint8 crops (n, h, w, 3)."""
-        x = preprocess(crops, self.image_size).to(self.device)
-        return self.model.features(x).float().cpu().numpy()
+        return self.feature_map(crops).mean(dim=(2, 3)).float().cpu().numpy()
 
 
 #: Hand-crafted features of the ``morphology`` encoder, in column order.

@@ -69,15 +69,21 @@ class CropReader:
         self._tiles: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache = cache
 
+    def region(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        """Pixels of ``box = (x, y, width, height)`` on the ``mpp`` grid, stain-normalised (not cached).
+
+        Beyond the slide's edge the pixels are the reader's white background, normalised like glass.
+        """
+        pixels = read_at_mpp(self.slide, box, self.params.mpp)
+        return pixels if self.normalize is None else self.normalize(pixels)
+
     def _tile(self, tx: int, ty: int) -> np.ndarray:
         key = (tx, ty)
         if key in self._tiles:
             self._tiles.move_to_end(key)
             return self._tiles[key]
         t, s = self.params.tile, self.params.size
-        pixels = read_at_mpp(self.slide, (tx * t, ty * t, t + s, t + s), self.params.mpp)
-        if self.normalize is not None:
-            pixels = self.normalize(pixels)
+        pixels = self.region((tx * t, ty * t, t + s, t + s))
         self._tiles[key] = pixels
         if len(self._tiles) > self._cache:
             self._tiles.popitem(last=False)

@@ -1,0 +1,160 @@
+"""Cohort verbs: ``genes``, ``folds``, ``cohort-pca`` and ``phenotypes`` (one fold at a time)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("bitro")
+
+LEVELS = ("st", "bulk", "xenium")
+
+
+def sample_dirs(samples_dir: str | Path, samples: list[str]) -> dict[str, Path]:
+    """``samples_dir/<sample>`` for each sample."""
+    return {s: Path(samples_dir) / s for s in samples}
+
+
+def _cmd_genes(args: argparse.Namespace) -> None:
+    import anndata as ad
+
+    from bitro.genes.selection import read_gene_list, select_genes, write_gene_list
+    from bitro.io.validate import require_file
+
+    adatas = [ad.read_h5ad(require_file(p, "targets")) for p in args.targets]
+    if args.gene_list:
+        genes = read_gene_list(args.gene_list)
+        measured = set.intersection(*(set(a.var_names.astype(str)) for a in adatas))
+        missing = [g for g in genes if g not in measured]
+        if missing:
+            log.warning(
+                "%d listed genes are not measured in every sample and are dropped: %s",
+                len(missing),
+                missing[:10],
+            )
+        genes = sorted(g for g in genes if g in measured)
+    else:
+        genes = select_genes(
+            adatas, n_genes=args.n_genes, n_hvg=args.n_hvg, per_sample_hvg=args.level != "bulk"
+        )
+    if not genes:
+        raise SystemExit("bitro genes: no gene left to predict")
+    write_gene_list(genes, args.out)
+    log.info("%d genes -> %s", len(genes), args.out)
+
+
+def _cmd_folds(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from bitro.evaluate.splits import leave_one_out, patient_split, spatial_strips, write_folds
+    from bitro.preprocess.cells import read_cells
+
+    sheet = pd.read_csv(args.sample_sheet, sep="\t", dtype=str)
+    samples = sheet["sample_id"].tolist()
+    patients = sheet["patient_id"].fillna(sheet["sample_id"]).tolist() if "patient_id" in sheet else None
+    if args.level == "st":
+        folds = leave_one_out(args.cohort, samples, patients=patients if args.group_by == "patient" else None)
+    elif args.level == "bulk":
+        if patients is None:
+            raise SystemExit(f"{args.sample_sheet}: a bulk split needs a patient_id column")
+        folds = patient_split(
+            args.cohort, samples, patients, test_fraction=args.test_fraction, seed=args.seed
+        )
+    else:
+        extents = {}
+        for sample, folder in sample_dirs(args.samples_dir, samples).items():
+            x = read_cells(folder / "cells.parquet", geometry=False)["x_um"].to_numpy()
+            extents[sample] = (float(x.min()), float(np.nextafter(x.max(), np.inf)))
+        folds = spatial_strips(args.cohort, extents, n_strips=args.n_strips)
+    write_folds(folds, args.out)
+    log.info("%s: %d %s folds -> %s", args.cohort, len(folds.folds), folds.protocol, args.out)
+
+
+def _fold_embeddings(args: argparse.Namespace, samples: list[str]) -> dict[str, np.ndarray]:
+    from bitro.features.embed import read_embeddings
+
+    return {
+        s: read_embeddings(p / "embeddings.npy")[0] for s, p in sample_dirs(args.samples_dir, samples).items()
+    }
+
+
+def _cmd_cohort_pca(args: argparse.Namespace) -> None:
+    from bitro.evaluate.splits import read_folds
+    from bitro.features.reduce import fit_cohort_pca, write_basis
+
+    fold = read_folds(args.folds).fold(args.fold)
+    embeddings = _fold_embeddings(args, fold.train)
+    basis = fit_cohort_pca(list(embeddings.values()), n_components=args.n_components, seed=args.seed)
+    write_basis(basis, args.out)
+    log.info("%s: cohort PCA on %d training samples -> %s", args.fold, len(fold.train), args.out)
+
+
+def _cmd_phenotypes(args: argparse.Namespace) -> None:
+    from bitro.evaluate.splits import read_folds
+    from bitro.features.phenotype import fit_phenotypes, write_phenotypes
+    from bitro.features.reduce import read_basis
+
+    fold = read_folds(args.folds).fold(args.fold)
+    if args.basis:
+        basis = read_basis(args.basis)
+        features = {s: basis.transform(x) for s, x in _fold_embeddings(args, fold.train).items()}
+    else:
+        features = {
+            s: np.load(p / "features.npy") for s, p in sample_dirs(args.samples_dir, fold.train).items()
+        }
+    phenotypes = fit_phenotypes(features, fold.train, k=args.k, seed=args.seed)
+    write_phenotypes(phenotypes, args.out)
+    log.info(
+        "%s: %d phenotypes from %s cells -> %s", args.fold, args.k, phenotypes.info["n_train_cells"], args.out
+    )
+
+
+def _add_fold_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--folds", required=True, help="folds.json")
+    parser.add_argument("--fold", required=True, help="fold name, e.g. fold0")
+    parser.add_argument("--samples-dir", required=True, help="results/<cohort>/samples")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    """Add the cohort verbs to the ``bitro`` parser."""
+    genes = verbs.add_parser(
+        "genes", help="choose the cohort's genes (HVG, top-K mean ∩ top-K std, or a list)"
+    )
+    genes.add_argument("--targets", nargs="+", required=True, help="every sample's targets.h5ad")
+    genes.add_argument("--level", choices=LEVELS, required=True)
+    genes.add_argument("--n-genes", type=int, default=250)
+    genes.add_argument("--n-hvg", type=int, default=1000, help="top HVGs per sample in the candidate pool")
+    genes.add_argument("--gene-list", help="use these genes (text, one per line, or a TSV's first column)")
+    genes.add_argument("--out", required=True, help="genes.txt")
+    genes.set_defaults(func=_cmd_genes)
+
+    folds = verbs.add_parser(
+        "folds", help="write folds.json: loo (ST), patient split (bulk), strips (Xenium)"
+    )
+    folds.add_argument("--cohort", required=True)
+    folds.add_argument("--level", choices=LEVELS, required=True)
+    folds.add_argument("--sample-sheet", required=True)
+    folds.add_argument("--group-by", choices=("sample", "patient"), default="sample")
+    folds.add_argument("--test-fraction", type=float, default=0.2)
+    folds.add_argument("--n-strips", type=int, default=5)
+    folds.add_argument("--samples-dir", help="results/<cohort>/samples (Xenium: the cells give each extent)")
+    folds.add_argument("--seed", type=int, default=0)
+    folds.add_argument("--out", required=True)
+    folds.set_defaults(func=_cmd_folds)
+
+    pca = verbs.add_parser("cohort-pca", help="one PCA basis on a fold's training samples: pca.npz")
+    _add_fold_args(pca)
+    pca.add_argument("--n-components", type=int, default=128)
+    pca.add_argument("--out", required=True)
+    pca.set_defaults(func=_cmd_cohort_pca)
+
+    pheno = verbs.add_parser("phenotypes", help="K-means phenotypes on a fold's training cells")
+    _add_fold_args(pheno)
+    pheno.add_argument("--basis", help="the fold's pca.npz (cohort scope); per-sample features.npy otherwise")
+    pheno.add_argument("--k", type=int, default=8)
+    pheno.add_argument("--out", required=True)
+    pheno.set_defaults(func=_cmd_phenotypes)

@@ -1,0 +1,80 @@
+"""The ``train`` verb: one fold of one cohort."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("bitro")
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch to the threads the scheduler granted: more threads than cores slow it down many times."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    import yaml
+
+    from bitro.train.fit import TrainConfig
+    from bitro.train.run import train_fold
+
+    set_threads(args.threads)
+
+    if args.params_json:
+        settings = json.loads(args.params_json)
+    else:
+        settings = yaml.safe_load(Path(args.params).read_text()) if args.params else {}
+    model_config = dict(settings.get("model", {}))
+    train_settings = dict(settings.get("training", {}))
+    for key in ("gpu", "phenotypes_k", "feature_scope", "zscore"):  # workflow keys, not TrainConfig's
+        train_settings.pop(key, None)
+    config = TrainConfig(**train_settings)
+    if args.max_epochs is not None:
+        config.max_epochs = args.max_epochs
+    result = train_fold(
+        args.samples_dir,
+        args.folds,
+        args.fold,
+        args.genes,
+        args.out_dir,
+        model_config=model_config,
+        train_config=config,
+        scope=args.scope,
+        basis_path=args.basis,
+        phenotypes_path=args.phenotypes,
+        zscore=not args.no_zscore,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    log.info("%s: best epoch %d of %d -> %s", args.fold, result.best_epoch, result.epochs_run, args.out_dir)
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    """Add ``train`` to the ``bitro`` parser."""
+    train = verbs.add_parser("train", help="train BiTro on one fold: model.safetensors + model.json")
+    train.add_argument("--samples-dir", required=True, help="results/<cohort>/samples")
+    train.add_argument("--folds", required=True, help="folds.json")
+    train.add_argument("--fold", required=True)
+    train.add_argument("--genes", required=True, help="genes.txt")
+    train.add_argument("--phenotypes", help="the fold's phenotypes.npz (omit to train without cluster loss)")
+    train.add_argument(
+        "--scope", choices=("sample", "cohort"), default="sample", help="PCA scope of the features"
+    )
+    train.add_argument("--basis", help="the fold's pca.npz (cohort scope)")
+    train.add_argument("--params", help="YAML with `model:` and `training:` sections (the workflow's config)")
+    train.add_argument("--params-json", help="the same as --params, inline as JSON")
+    train.add_argument("--max-epochs", type=int, help="override training.max_epochs")
+    train.add_argument(
+        "--no-zscore", action="store_true", help="the 'w/o Norm.' ablation: log1p targets only"
+    )
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--out-dir", required=True, help="the fold's folder")
+    train.set_defaults(func=_cmd_train)

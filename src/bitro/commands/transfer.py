@@ -1,0 +1,181 @@
+"""The transfer verbs (paper §3.5): ``transfer-pretrain`` once per pair, ``transfer`` once per fold.
+
+``bitro transfer-pretrain`` trains on the whole source cohort into
+``results/transfer/<source>_to_<target>/pretrain``; ``bitro transfer --pretrain-dir <that folder>`` fine-tunes
+it on one fold of the target into ``results/transfer/<source>_to_<target>/<fold>``. Settings come from the
+workflow's ``model:``/``training:`` sections and an optional ``transfer:`` section::
+
+    transfer:
+      mode: lora                 # or full (--mode overrides)
+      lora: {r: 8, alpha: 16, dropout: 0.05}
+      pretrain: {}               # TrainConfig overrides for pretraining
+      finetune: {lr: 0.001}      # TrainConfig overrides for fine-tuning
+      validation_fraction: 0.2   # of the source's patients, when no source folds are given
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bitro.commands.train import set_threads
+
+log = logging.getLogger("bitro")
+
+#: Keys of ``training:`` that are the workflow's, not :class:`bitro.train.fit.TrainConfig`'s.
+WORKFLOW_KEYS = ("gpu", "phenotypes_k", "feature_scope", "zscore")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    if args.params_json:
+        return dict(json.loads(args.params_json))
+    return dict(yaml.safe_load(Path(args.params).read_text()) or {}) if args.params else {}
+
+
+def _train_config(settings: dict[str, Any], stage: str, max_epochs: int | None) -> Any:
+    from bitro.train.fit import TrainConfig
+
+    training = dict(settings.get("training", {}))
+    if training.get("feature_scope", "sample") != "sample":
+        raise SystemExit(
+            "bitro transfer: transfer needs per-sample features (training.feature_scope: sample); a cohort "
+            "PCA basis of the source does not describe the target's cells"
+        )
+    for key in WORKFLOW_KEYS:
+        training.pop(key, None)
+    training |= dict(settings.get("transfer", {}).get(stage, {}))
+    config = TrainConfig(**training)
+    return config if max_epochs is None else replace(config, max_epochs=max_epochs)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from bitro.train.transfer import PatientOverlapError, pretrain
+
+    set_threads(args.threads)
+    settings = _settings(args)
+    transfer = dict(settings.get("transfer", {}))
+    try:
+        result = pretrain(
+            args.source_samples_dir,
+            args.source_genes,
+            args.out_dir,
+            source_sheet=args.source_sheet,
+            source_folds_path=args.source_folds,
+            source_fold=args.source_fold,
+            source_cohort=args.source_cohort,
+            target_folds_path=args.target_folds,
+            target_sheet=args.target_sheet,
+            target_samples_dir=args.target_samples_dir,
+            model_config=dict(settings.get("model", {})),
+            train_config=_train_config(settings, "pretrain", args.max_epochs),
+            zscore=not args.no_zscore,
+            phenotypes_k=int(settings.get("training", {}).get("phenotypes_k", 8)),
+            validation_fraction=float(transfer.get("validation_fraction", 0.2)),
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except PatientOverlapError as error:
+        raise SystemExit(f"bitro transfer-pretrain: refused: {error}") from error
+    log.info("pretrained: best epoch %d of %d -> %s", result.best_epoch, result.epochs_run, args.out_dir)
+
+
+def _cmd_transfer(args: argparse.Namespace) -> None:
+    from bitro.train.transfer import LoraOptions, PatientOverlapError, transfer_fold
+
+    set_threads(args.threads)
+    settings = _settings(args)
+    transfer = dict(settings.get("transfer", {}))
+    mode = args.mode or transfer.get("mode", "lora")
+    if mode == "none":
+        raise SystemExit("bitro transfer: mode 'none' is plain training: use `bitro train`")
+    lora = dict(transfer.get("lora", {}))
+    for key in ("r", "alpha", "dropout"):
+        value = getattr(args, f"lora_{key}")
+        if value is not None:
+            lora[key] = value
+    try:
+        result = transfer_fold(
+            args.target_samples_dir,
+            args.target_folds,
+            args.fold,
+            args.target_genes,
+            args.pretrain_dir,
+            args.out_dir,
+            mode=mode,
+            lora=LoraOptions.from_dict(lora),
+            train_config=_train_config(settings, "finetune", args.max_epochs),
+            model_config=dict(settings.get("model", {})),
+            phenotypes_path=args.phenotypes,
+            target_sheet=args.target_sheet,
+            zscore=not args.no_zscore,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except PatientOverlapError as error:
+        raise SystemExit(f"bitro transfer: refused: {error}") from error
+    log.info(
+        "%s (%s transfer): best epoch %d of %d -> %s",
+        args.fold,
+        mode,
+        result.best_epoch,
+        result.epochs_run,
+        args.out_dir,
+    )
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", help="YAML with `model:`, `training:` and `transfer:` sections")
+    parser.add_argument("--params-json", help="the same as --params, inline as JSON")
+    parser.add_argument("--max-epochs", type=int, help="override the number of epochs")
+    parser.add_argument(
+        "--no-zscore", action="store_true", help="log1p targets only (the 'w/o Norm.' ablation)"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    """Add ``transfer-pretrain`` and ``transfer`` to the ``bitro`` parser."""
+    pre = verbs.add_parser(
+        "transfer-pretrain",
+        help="pretrain on a whole source cohort for transfer (once per source → target pair)",
+    )
+    pre.add_argument("--source-samples-dir", required=True, help="results/<source>/samples")
+    pre.add_argument("--source-genes", required=True, help="the source's genes.txt")
+    pre.add_argument("--source-sheet", help="the source's sample sheet (samples and patient_id)")
+    pre.add_argument(
+        "--source-folds", help="the source's folds.json: its fold's validation side validates pretraining"
+    )
+    pre.add_argument("--source-fold", help="which source fold gives the validation group (default: first)")
+    pre.add_argument("--source-cohort", help="the source's name (default: from its folds or folder)")
+    pre.add_argument(
+        "--target-folds", help="the target's folds.json: no source patient may be a target test patient"
+    )
+    pre.add_argument("--target-sheet", help="the target's sample sheet (patient_id of its test samples)")
+    pre.add_argument("--target-samples-dir", help="results/<target>/samples (patients, without a sheet)")
+    _add_common(pre)
+    pre.add_argument("--out-dir", required=True, help="results/transfer/<source>_to_<target>/pretrain")
+    pre.set_defaults(func=_cmd_pretrain)
+
+    fine = verbs.add_parser("transfer", help="fine-tune a pretrained model on one target fold (full or LoRA)")
+    fine.add_argument("--pretrain-dir", required=True, help="the folder `bitro transfer-pretrain` wrote")
+    fine.add_argument("--target-samples-dir", required=True, help="results/<target>/samples")
+    fine.add_argument("--target-folds", required=True, help="the target's folds.json")
+    fine.add_argument("--fold", required=True)
+    fine.add_argument("--target-genes", required=True, help="the target's genes.txt")
+    fine.add_argument("--target-sheet", help="the target's sample sheet (patients of the test samples)")
+    fine.add_argument("--phenotypes", help="the target fold's phenotypes.npz (omit: no cluster loss labels)")
+    fine.add_argument("--mode", choices=("full", "lora", "none"), help="default: transfer.mode, else lora")
+    fine.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
+    fine.add_argument("--lora-alpha", type=int, help="LoRA alpha (default 16)")
+    fine.add_argument("--lora-dropout", type=float, help="LoRA dropout (default 0.05)")
+    _add_common(fine)
+    fine.add_argument("--out-dir", required=True, help="results/transfer/<source>_to_<target>/<fold>")
+    fine.set_defaults(func=_cmd_transfer)

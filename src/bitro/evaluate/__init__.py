@@ -1,0 +1,1 @@
+"""Evaluation: metrics (PCC overall/gene, Spearman, RMSE, JS divergence) and baseline predictors."""

@@ -1,0 +1,196 @@
+"""Evaluation splits, written to ``results/{cohort}/folds.json`` (paper §4, ARCHITECTURE §5).
+
+Every fold names its ``train``, ``validation`` and ``test`` samples. Validation is always carved from the
+samples that would otherwise train (PITFALLS 1): it drives early stopping and nothing else, and the test
+samples are touched once, at the end.
+
+- ``loo`` (ST): leave one group out, a group being a sample, or a patient when ``group_by="patient"`` so
+  sections of one patient never sit on both sides (PITFALLS 3). The validation group of fold *k* is the
+  next group after the test group in sorted order, so every group validates once.
+- ``patient`` (bulk): a seeded 4:1 split of patients (TCGA: the first 12 characters of the barcode,
+  PITFALLS 2), all of a patient's slides following the patient; validation is a seeded fifth of the
+  training patients.
+- ``strips`` (Xenium): each slide is cut into ``n_strips`` strips of equal width along x; fold *k* tests on
+  the cells of strip *k* and trains on the pseudo-spots lying wholly inside the other strips (units that
+  straddle a test strip's edge are dropped from training, so no test cell ever contributes to a training
+  target). Validation is the training strip next to the test strip, so it is as spatially separated from
+  training as the test strip is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from bitro._atomic import atomic_path
+from bitro.errors import InputError
+from bitro.io.validate import require_file
+
+Protocol = Literal["loo", "patient", "strips"]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One fold: sample ids on each side; for ``strips``, the x-range (µm) of each role per sample."""
+
+    name: str
+    train: list[str]
+    validation: list[str]
+    test: list[str]
+    strips: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Folds:
+    """The folds of a cohort and how they were made."""
+
+    cohort: str
+    protocol: Protocol
+    folds: list[Fold]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def fold(self, name: str) -> Fold:
+        for fold in self.folds:
+            if fold.name == name:
+                return fold
+        raise KeyError(f"no fold {name!r} in {self.cohort}; folds are {[f.name for f in self.folds]}")
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.folds]
+
+
+def _groups(samples: Sequence[str], patients: Sequence[str] | None) -> dict[str, list[str]]:
+    keys = patients if patients is not None else samples
+    if len(keys) != len(samples):
+        raise ValueError("one patient id per sample is needed")
+    groups: dict[str, list[str]] = {}
+    for sample, key in zip(samples, keys, strict=True):
+        groups.setdefault(str(key), []).append(str(sample))
+    return {key: sorted(groups[key]) for key in sorted(groups)}
+
+
+def leave_one_out(cohort: str, samples: Sequence[str], *, patients: Sequence[str] | None = None) -> Folds:
+    """Leave one sample (or, with ``patients``, one patient) out; see the module docstring."""
+    groups = _groups(samples, patients)
+    keys = list(groups)
+    if len(keys) < 3:
+        raise ValueError(
+            f"leave-one-out needs at least 3 groups (test, validation, training); {cohort} has {len(keys)}"
+        )
+    folds = []
+    for k, key in enumerate(keys):
+        validation = keys[(k + 1) % len(keys)]
+        train = [s for other in keys if other not in (key, validation) for s in groups[other]]
+        folds.append(Fold(f"fold{k}", train=train, validation=groups[validation], test=groups[key]))
+    return Folds(cohort, "loo", folds, {"group_by": "patient" if patients is not None else "sample"})
+
+
+def patient_split(
+    cohort: str,
+    samples: Sequence[str],
+    patients: Sequence[str],
+    *,
+    test_fraction: float = 0.2,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+) -> Folds:
+    """A seeded split of patients into train / validation / test (bulk; module docstring)."""
+    groups = _groups(samples, patients)
+    keys = np.array(list(groups))
+    if len(keys) < 3:
+        raise ValueError(f"a patient split needs at least 3 patients; {cohort} has {len(keys)}")
+    rng = np.random.default_rng(seed)
+    order = keys[rng.permutation(len(keys))]
+    n_test = min(max(1, round(test_fraction * len(keys))), len(keys) - 2)
+    test, rest = order[:n_test], order[n_test:]
+    n_val = min(max(1, round(validation_fraction * len(rest))), len(rest) - 1)
+    validation, train = rest[:n_val], rest[n_val:]
+
+    def members(chosen: np.ndarray) -> list[str]:
+        return sorted(s for key in chosen for s in groups[key])
+
+    fold = Fold("fold0", train=members(train), validation=members(validation), test=members(test))
+    params = {"test_fraction": test_fraction, "validation_fraction": validation_fraction, "seed": seed}
+    return Folds(cohort, "patient", [fold], params)
+
+
+def spatial_strips(cohort: str, extents: Mapping[str, tuple[float, float]], *, n_strips: int = 5) -> Folds:
+    """Strips of equal width along x for each slide; ``extents`` maps sample → (x_min, x_max) in µm."""
+    if n_strips < 3:
+        raise ValueError("the strip protocol needs at least 3 strips (test, validation, training)")
+    edges = {
+        sample: np.linspace(float(lo), float(hi), n_strips + 1).tolist()
+        for sample, (lo, hi) in sorted(extents.items())
+    }
+    samples = sorted(extents)
+    folds = []
+    for k in range(n_strips):
+        validation = k + 1 if k + 1 < n_strips else k - 1
+        strips = {}
+        for sample, e in edges.items():
+            strip = [[e[i], e[i + 1]] for i in range(n_strips)]
+            strips[sample] = {
+                "test": [strip[k]],
+                "validation": [strip[validation]],
+                "train": [strip[i] for i in range(n_strips) if i not in (k, validation)],
+            }
+        folds.append(Fold(f"fold{k}", train=samples, validation=samples, test=samples, strips=strips))
+    return Folds(cohort, "strips", folds, {"n_strips": n_strips})
+
+
+def in_strips(x_um: np.ndarray, ranges: Sequence[Sequence[float]], *, width_um: float = 0.0) -> np.ndarray:
+    """True where ``[x, x + width)`` lies wholly inside one of ``ranges`` (half-open; the last closed).
+
+    With ``width_um = 0`` this says which strip a point (a cell) is in; with the side of a unit's square
+    and ``x`` its left edge, which units may train without touching another strip.
+    """
+    x_um = np.asarray(x_um, dtype=np.float64)
+    inside = np.zeros(len(x_um), dtype=bool)
+    for lo, hi in ranges:
+        inside |= (x_um >= lo) & (x_um + width_um <= hi) if width_um > 0 else (x_um >= lo) & (x_um < hi)
+    return inside
+
+
+def check_disjoint(folds: Folds) -> None:
+    """Raise ``ValueError`` when a fold has a sample on two sides, or a patient split across sides."""
+    for fold in folds.folds:
+        if folds.protocol == "strips":
+            continue
+        sides = [set(fold.train), set(fold.validation), set(fold.test)]
+        for a in range(3):
+            for b in range(a + 1, 3):
+                shared = sides[a] & sides[b]
+                if shared:
+                    raise ValueError(f"{folds.cohort} {fold.name}: samples on two sides: {sorted(shared)}")
+        if not fold.train or not fold.test:
+            raise ValueError(f"{folds.cohort} {fold.name}: empty training or test set")
+
+
+def write_folds(folds: Folds, path: str | Path) -> None:
+    """Write ``folds.json``."""
+    check_disjoint(folds)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(asdict(folds), indent=1))
+
+
+def read_folds(path: str | Path) -> Folds:
+    """Read ``folds.json`` and check its folds are disjoint."""
+    path = require_file(path, "folds")
+    try:
+        data = json.loads(path.read_text())
+        folds = Folds(
+            cohort=data["cohort"],
+            protocol=data["protocol"],
+            folds=[Fold(**fold) for fold in data["folds"]],
+            params=data.get("params", {}),
+        )
+        check_disjoint(folds)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"is not a valid folds file ({exc})") from exc
+    return folds

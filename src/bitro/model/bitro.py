@@ -1,0 +1,158 @@
+"""The assembled BiTro model and its configuration (paper Fig. 2).
+
+features ─► GAT (eq. 4–5, kNN edges within units) ─► ⊕ x/y position tables ─► Transformer within units
+(eq. 6) ─► gene-query attention over each bag's cells (eq. 7–8) ─► shared readout (eq. 9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from torch import Tensor, nn
+
+from bitro.model.batch import CellBatch
+from bitro.model.gat import GATEncoder
+from bitro.model.mil import GeneQueryMIL, OutputActivation
+from bitro.model.transformer import CellTransformer
+
+
+@dataclass(frozen=True)
+class BiTroConfig:
+    """Hyper-parameters of :class:`BiTro`; defaults follow the paper.
+
+    Attributes
+    ----------
+    n_genes
+        Number of predicted genes G.
+    in_dim
+        Cell feature width (128 PCA components).
+    dim
+        Model width D.
+    gat_layers, gat_heads
+        GAT depth L and heads (2, 4).
+    gat_residual
+        Skip connection around each GAT layer (not in eq. 4; see :mod:`bitro.model.gat` for why).
+    transformer_layers, transformer_heads, ff_mult
+        Encoder depth, heads and feed-forward multiplier.
+    dropout
+        Dropout everywhere (the paper searched {0, 0.1, 0.2}).
+    position_bin_um, position_range_um, position_dim
+        Position tables: bin width and clipping range of cell offsets from the unit centre (µm), and the
+        width of each of the x and y tables.
+    output
+        ``"identity"`` for z-scored log1p targets (the default, PITFALLS 6); ``"softplus"`` only when the
+        targets are non-negative.
+    """
+
+    n_genes: int
+    in_dim: int = 128
+    dim: int = 128
+    gat_layers: int = 2
+    gat_heads: int = 4
+    gat_residual: bool = True
+    transformer_layers: int = 2
+    transformer_heads: int = 4
+    ff_mult: int = 4
+    dropout: float = 0.1
+    position_bin_um: float = 2.0
+    position_range_um: float = 64.0
+    position_dim: int = 16
+    output: OutputActivation = "identity"
+
+    def __post_init__(self) -> None:
+        if self.output not in ("identity", "softplus"):
+            raise ValueError(f"output must be 'identity' or 'softplus', got {self.output!r}")
+        for name in ("n_genes", "in_dim", "dim", "gat_heads", "transformer_heads", "ff_mult", "position_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.gat_layers < 0 or self.transformer_layers < 0:
+            raise ValueError("layer counts must be non-negative")
+        if self.dim % self.transformer_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by {self.transformer_heads} transformer heads")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for checkpoints and JSON)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BiTroConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown BiTroConfig keys: {unknown}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class BiTroOutput:
+    """What :meth:`BiTro.forward` returns.
+
+    Attributes
+    ----------
+    prediction
+        (B, G) per-bag predictions in target space (z-scored log1p by default).
+    attention
+        (N, G) cell-major MIL attention, ``attention[i, g] = A[g, i]``; sums to 1 over each bag's cells.
+    cells
+        (N, D) final cell features H_cell.
+    """
+
+    prediction: Tensor
+    attention: Tensor
+    cells: Tensor
+
+
+class BiTro(nn.Module):
+    """GAT → Transformer → gene-query MIL → readout.
+
+    Parameters
+    ----------
+    config
+        Hyper-parameters.
+    """
+
+    def __init__(self, config: BiTroConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.gat = GATEncoder(c.in_dim, c.dim, c.gat_layers, c.gat_heads, c.dropout, c.gat_residual)
+        self.transformer = CellTransformer(
+            c.dim,
+            c.transformer_layers,
+            c.transformer_heads,
+            c.ff_mult,
+            c.dropout,
+            c.position_bin_um,
+            c.position_range_um,
+            c.position_dim,
+        )
+        self.mil = GeneQueryMIL(c.n_genes, c.dim, c.output)
+
+    def encode(self, batch: CellBatch) -> Tensor:
+        """(N, D) cell features H_cell; each cell depends only on the cells of its own unit."""
+        if batch.features.shape[1] != self.config.in_dim:
+            raise ValueError(
+                f"features have width {batch.features.shape[1]}, the model expects {self.config.in_dim}"
+            )
+        h = self.gat(batch.features, batch.edge_index)
+        return self.transformer(h, batch.offsets_um, batch.unit_ptr)
+
+    def forward(self, batch: CellBatch) -> BiTroOutput:
+        """Predict every bag of ``batch``.
+
+        Raises
+        ------
+        ValueError
+            A bag without cells, or features of the wrong width.
+        """
+        bag_sizes = batch.bag_sizes.tolist()
+        empty = [b for b, n in enumerate(bag_sizes) if n == 0]
+        if empty:
+            raise ValueError(f"bag(s) {empty} have no cells; a bag needs at least one cell")
+        cells = self.encode(batch)
+        prediction, attention = self.mil(cells, batch.cell_bag, bag_sizes)
+        return BiTroOutput(prediction=prediction, attention=attention, cells=cells)

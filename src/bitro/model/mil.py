@@ -1,0 +1,137 @@
+"""Gene-query attention MIL (paper §3.4, eq. 7–9).
+
+For each bag with cell features H (n × D) and learned gene queries Q (G × D)::
+
+    A = softmax_over_the_bag's_cells(Q Hᵀ / √D)      (G × n, eq. 7; each row sums to 1)
+    Z = A H                                          (G × D, eq. 8)
+    ŷ_g = out(w₂ᵀ ReLU(W₁ LN(z_g) + b₁) + b₂)         (eq. 9, one readout shared by all genes)
+
+The softmax runs over all cells of a bag, across all of its units (a bulk slide is one bag), as a segment
+softmax over the packed cells. Attention is stored cell-major, ``attention[i, g] = A[g, i]``, matching the
+packed cell order.
+
+``out`` is the identity for z-scored targets, which can be negative, and Softplus only for non-negative
+targets (counts, TPM): the paper prints Softplus while training on z-scores, which cannot fit the
+negative half of the targets (PITFALLS 6).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
+from torch import Tensor, nn
+
+OutputActivation = Literal["identity", "softplus"]
+
+
+def segment_softmax(logits: Tensor, segment: Tensor, n_segments: int) -> Tensor:
+    """Softmax of each column over the rows of each segment.
+
+    Parameters
+    ----------
+    logits
+        (N, G) scores.
+    segment
+        (N,) int64 segment (bag) of each row; every segment in ``range(n_segments)`` holding rows.
+    n_segments
+        Number of segments.
+
+    Returns
+    -------
+    Tensor
+        (N, G) float32: for every segment s and column g, the rows of s sum to 1.
+    """
+    # In float32 whatever the autocast dtype: bf16 sums over thousands of cells lose the normalisation,
+    # and CUDA autocast would otherwise mix a bf16 accumulator with float32 exponentials.
+    logits = logits.float()
+    index = segment[:, None].expand_as(logits)
+    shape = (n_segments, logits.shape[1])
+    top = logits.new_full(shape, -torch.inf).scatter_reduce(0, index, logits, "amax", include_self=True)
+    e = torch.exp(logits - top.detach()[segment])
+    total = logits.new_zeros(shape).index_add_(0, segment, e)
+    return e / total[segment]
+
+
+class Readout(nn.Module):
+    """Shared per-gene readout LN → Linear(D, D) → ReLU → Linear(D, 1) → identity | Softplus (eq. 9).
+
+    Parameters
+    ----------
+    dim
+        Width D of the gene representations.
+    output
+        ``"identity"`` for z-scored targets, ``"softplus"`` for non-negative targets.
+    """
+
+    def __init__(self, dim: int, output: OutputActivation) -> None:
+        super().__init__()
+        if output not in ("identity", "softplus"):
+            raise ValueError(f"output must be 'identity' or 'softplus', got {output!r}")
+        self.output = output
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, 1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """(..., G, D) gene representations → (..., G) predictions."""
+        y = self.fc2(F.relu(self.fc1(self.norm(z)))).squeeze(-1)
+        return F.softplus(y) if self.output == "softplus" else y
+
+
+class GeneQueryMIL(nn.Module):
+    """Learned gene queries, bag-wise attention, pooling and the shared readout.
+
+    Parameters
+    ----------
+    n_genes
+        G.
+    dim
+        D.
+    output
+        Readout output activation (see :class:`Readout`).
+    """
+
+    def __init__(self, n_genes: int, dim: int, output: OutputActivation) -> None:
+        super().__init__()
+        if n_genes < 1:
+            raise ValueError(f"n_genes must be at least 1, got {n_genes}")
+        self.queries = nn.Parameter(torch.randn(n_genes, dim) / math.sqrt(dim))
+        self.readout = Readout(dim, output)
+
+    def logits(self, h: Tensor) -> Tensor:
+        """(N, D) cell features → (N, G) scores Q·h_i / √D (eq. 7 before the softmax)."""
+        return h @ self.queries.t() / math.sqrt(self.queries.shape[1])
+
+    def forward(self, h: Tensor, cell_bag: Tensor, bag_sizes: list[int]) -> tuple[Tensor, Tensor]:
+        """Attention-pool each bag's cells and read out every gene.
+
+        Parameters
+        ----------
+        h
+            (N, D) packed cell features H_cell, grouped contiguously by bag.
+        cell_bag
+            (N,) bag of each cell.
+        bag_sizes
+            Cells per bag (each at least 1), summing to N.
+
+        Returns
+        -------
+        tuple[Tensor, Tensor]
+            (B, G) predictions and (N, G) attention (``attention[i, g] = A[g, i]``).
+        """
+        attention = segment_softmax(self.logits(h), cell_bag, len(bag_sizes))
+        z = bag_pool(attention, h, bag_sizes)
+        return self.readout(z), attention
+
+
+def bag_pool(attention: Tensor, h: Tensor, bag_sizes: list[int]) -> Tensor:
+    """Z_b = A_b H_b for every bag (eq. 8): (N, G), (N, D) → (B, G, D).
+
+    One matrix product per bag, so a bag's Z does not depend on the other bags of the batch and the
+    memory stays O(N·(G + D)) instead of O(N·G·D).
+    """
+    pairs = zip(attention.split(bag_sizes), h.split(bag_sizes), strict=True)
+    return torch.stack([a.t() @ x for a, x in pairs])

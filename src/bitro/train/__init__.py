@@ -1,0 +1,1 @@
+"""Bags, batches and the training loop (paper Appendix C.2)."""

@@ -1,0 +1,268 @@
+"""The training loop (paper Appendix C.2): Adam, clipping, early stopping on a validation split, resume.
+
+- Adam (lr 1e-4 by default), gradient norm clipped to 1.0, at most ``max_epochs`` epochs.
+- Loss: MSE on z-scored targets + λ · cluster loss on pseudo-cell profiles in count space (eq. 11–13).
+- Early stopping with ``patience`` on the *validation* loss (gene MSE); validation bags come from the
+  fold's validation samples, which are carved from its training samples (PITFALLS 1). The weights of the
+  best validation epoch are the result.
+- Every epoch writes the resume state; a run killed after epoch n and started again continues from n and
+  ends with the same weights as an uninterrupted run, because each epoch's shuffling and dropout are
+  seeded from ``(seed, epoch)`` rather than from a stream carried across epochs.
+- Each epoch appends a row to ``train_log.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bitro.genes.normalise import TargetTransform
+from bitro.model.bitro import BiTro
+from bitro.model.losses import cluster_loss, gene_loss
+from bitro.model.pseudocells import pseudo_cells
+from bitro.train.checkpoint import load_state, save_state
+from bitro.train.data import Bag, SampleData, collate
+
+log = logging.getLogger("bitro")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (defaults from the paper's Appendix C.2 where it gives them)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    max_epochs: int = 100
+    patience: int = 6
+    clip_norm: float = 1.0
+    batch_bags: int = 32
+    lambda_cluster: float = 0.1
+    max_units_per_bag: int = 64
+    seed: int = 0
+    bf16: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+class CountSpace:
+    """Differentiable inverse of a :class:`TargetTransform` (z-scores → counts or TPM), on a device."""
+
+    def __init__(self, transform: TargetTransform, device: torch.device | str) -> None:
+        self.mean = torch.as_tensor(transform.mean, dtype=torch.float32, device=device)
+        self.scale = torch.as_tensor(transform.scale, dtype=torch.float32, device=device)
+        self.zscore = transform.zscore
+        # Genes differ by orders of magnitude in counts: the cluster loss divides each by its typical
+        # training amount so that every gene weighs alike, as the z-score does for the gene loss.
+        self.gene_scale = torch.expm1(self.mean).clamp_min(1e-3)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        logged = z * self.scale + self.mean if self.zscore else z
+        return torch.expm1(logged.clamp(max=30.0)).clamp_min(0.0)
+
+
+def _targets(transform: TargetTransform, raw: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    return torch.as_tensor(transform.forward(raw), dtype=torch.float32, device=device)
+
+
+def batch_loss(
+    model: BiTro,
+    bags: Sequence[Bag],
+    samples: Sequence[SampleData],
+    transform: TargetTransform,
+    counts: CountSpace,
+    config: TrainConfig,
+    *,
+    device: torch.device | str,
+    rng: np.random.Generator | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one batch of bags and its parts."""
+    batch, raw, _ = collate(bags, samples, max_units=config.max_units_per_bag, rng=rng)
+    batch = batch.to(device)
+    target = _targets(transform, raw, device)
+    use_bf16 = config.bf16 and str(device).startswith("cuda")
+    with torch.autocast(device_type=str(device).split(":")[0], dtype=torch.bfloat16, enabled=use_bf16):
+        out = model(batch)
+    prediction = out.prediction.float()
+    loss_gene = gene_loss(prediction, target)
+    parts = {"gene": float(loss_gene.detach())}
+    loss = loss_gene
+    if config.lambda_cluster > 0:
+        cells = pseudo_cells(out.attention.float(), counts(prediction), batch.cell_bag)
+        loss_cluster = cluster_loss(cells, batch.phenotype, gene_scale=counts.gene_scale)
+        loss = loss + config.lambda_cluster * loss_cluster
+        parts["cluster"] = float(loss_cluster.detach())
+    parts["total"] = float(loss.detach())
+    return loss, parts
+
+
+def _batches(bags: Sequence[Bag], size: int, rng: np.random.Generator | None) -> list[list[Bag]]:
+    order = np.arange(len(bags)) if rng is None else rng.permutation(len(bags))
+    return [[bags[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: BiTro,
+    bags: Sequence[Bag],
+    samples: Sequence[SampleData],
+    transform: TargetTransform,
+    counts: CountSpace,
+    config: TrainConfig,
+    *,
+    device: torch.device | str,
+) -> dict[str, float]:
+    """Mean loss parts over ``bags`` in eval mode (bulk bags use a fixed subset of patches)."""
+    model.eval()
+    totals: dict[str, float] = {}
+    n = 0
+    rng = np.random.default_rng([config.seed, 7919])
+    for chunk in _batches(bags, config.batch_bags, None):
+        _, parts = batch_loss(model, chunk, samples, transform, counts, config, device=device, rng=rng)
+        for key, value in parts.items():
+            totals[key] = totals.get(key, 0.0) + value * len(chunk)
+        n += len(chunk)
+    return {key: value / max(n, 1) for key, value in totals.items()}
+
+
+def fit(
+    model: BiTro,
+    train_bags: Sequence[Bag],
+    validation_bags: Sequence[Bag],
+    samples: Sequence[SampleData],
+    transform: TargetTransform,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    stop_after: int | None = None,
+    parameters: Callable[[], list[torch.nn.Parameter]] | None = None,
+    fingerprint: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place and leave it holding the best validation weights.
+
+    Writes ``out_dir/train_log.csv`` and ``out_dir/checkpoint/state.*``. ``stop_after`` ends the run after
+    that many epochs in total, as a kill would (used by the resume test). ``parameters`` chooses what is
+    trained (LoRA fine-tuning passes the adapters), all parameters that require grad by default.
+    ``fingerprint`` describes the inputs (data, genes, settings): a saved state is resumed only when it was
+    made with the same one, so a rerun after an input changed starts afresh instead of resuming.
+    """
+    if not train_bags:
+        raise ValueError("no training bags: every training unit is empty")
+    if not validation_bags:
+        raise ValueError("no validation bags: the validation samples hold no cells")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.to(device)
+    counts = CountSpace(transform, device)
+    trainable = parameters() if parameters is not None else [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    log_path = out_dir / "train_log.csv"
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    restored = load_state(out_dir / "checkpoint", model=model, optimizer=optimizer)
+    if restored is not None and restored[1].get("fingerprint") != fingerprint:
+        log.info("%s: the saved state was made from other inputs; training afresh", out_dir)
+        model.load_state_dict(initial)
+        optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        restored = None
+    if restored is None:
+        best = initial
+        info: dict[str, Any] = {
+            "epoch": 0,
+            "best_epoch": 0,
+            "best_val": math.inf,
+            "bad_epochs": 0,
+            "history": [],
+            "fingerprint": fingerprint,
+        }
+    else:
+        best, info = restored
+    # The log always matches the state it resumes from (a rerun may have deleted it).
+    log_path.unlink(missing_ok=True)
+    for row in info["history"]:
+        _append_log(log_path, row)
+    history: list[dict[str, float]] = info["history"]
+    stopped_early = info["bad_epochs"] >= config.patience
+    epochs = range(info["epoch"], config.max_epochs)
+    bar = tqdm(epochs, desc="epochs", disable=not progress, initial=info["epoch"], total=config.max_epochs)
+    for epoch in bar:
+        if stopped_early or (stop_after is not None and epoch >= stop_after):
+            break
+        _seed_everything(config.seed * 100_003 + epoch)
+        rng = np.random.default_rng([config.seed, epoch])
+        model.train()
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        n_bags = 0
+        for chunk in _batches(train_bags, config.batch_bags, rng):
+            loss, parts = batch_loss(model, chunk, samples, transform, counts, config, device=device, rng=rng)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, config.clip_norm)
+            optimizer.step()
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value * len(chunk)
+            n_bags += len(chunk)
+        seconds = time.perf_counter() - started
+        val = evaluate_loss(model, validation_bags, samples, transform, counts, config, device=device)
+        # Throughput of the training steps alone; validation time is logged on its own.
+        row = {"epoch": epoch + 1, "seconds": seconds, "bags_per_s": n_bags / max(seconds, 1e-9)}
+        row["val_seconds"] = time.perf_counter() - started - seconds
+        row |= {f"train_{k}": v / max(n_bags, 1) for k, v in sums.items()}
+        row |= {f"val_{k}": v for k, v in val.items()}
+        history.append(row)
+        improved = val["gene"] < info["best_val"]
+        if improved:
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            info.update(best_val=val["gene"], best_epoch=epoch + 1, bad_epochs=0)
+        else:
+            info["bad_epochs"] += 1
+        info.update(epoch=epoch + 1, history=history)
+        save_state(out_dir / "checkpoint", model=model, best=best, optimizer=optimizer, info=info)
+        _append_log(log_path, row)
+        bar.set_postfix(train=f"{row['train_gene']:.3f}", val=f"{val['gene']:.3f}")
+        if info["bad_epochs"] >= config.patience:
+            stopped_early = True
+            break
+    model.load_state_dict(best)
+    model.eval()
+    return TrainResult(
+        best_epoch=int(info["best_epoch"]),
+        best_val_loss=float(info["best_val"]),
+        epochs_run=int(info["epoch"]),
+        history=history,
+        stopped_early=stopped_early,
+    )
+
+
+def _append_log(path: Path, row: dict[str, float]) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)

@@ -1,0 +1,86 @@
+"""Splits: leave-one-out, patient split, spatial strips; no sample or patient on two sides of a fold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitro.errors import InputError
+from bitro.evaluate.splits import (
+    Fold,
+    Folds,
+    in_strips,
+    leave_one_out,
+    patient_split,
+    read_folds,
+    spatial_strips,
+    write_folds,
+)
+
+
+def _sides(fold: Fold) -> list[set[str]]:
+    return [set(fold.train), set(fold.validation), set(fold.test)]
+
+
+def test_leave_one_sample_out() -> None:
+    samples = [f"S{i}" for i in range(6)]
+    folds = leave_one_out("c", samples)
+    assert [f.test for f in folds.folds] == [[s] for s in samples]
+    assert sorted(s for f in folds.folds for s in f.validation) == samples
+    for fold in folds.folds:
+        train, val, test = _sides(fold)
+        assert not (train & val or train & test or val & test)
+        assert train | val | test == set(samples)
+
+
+def test_leave_one_patient_out_keeps_sections_together() -> None:
+    samples = ["A1", "A2", "B1", "B2", "C1", "D1"]
+    patients = ["A", "A", "B", "B", "C", "D"]
+    folds = leave_one_out("c", samples, patients=patients)
+    assert len(folds.folds) == 4 and folds.params["group_by"] == "patient"
+    patient_of = dict(zip(samples, patients, strict=True))
+    for fold in folds.folds:
+        groups = [{patient_of[s] for s in side} for side in _sides(fold)]
+        assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    with pytest.raises(ValueError, match="at least 3 groups"):
+        leave_one_out("c", ["A1", "A2"], patients=["A", "B"])
+
+
+def test_patient_split_never_splits_a_patient() -> None:
+    samples = [f"TCGA-XX-{i:04d}-01Z-00-DX{j}" for i in range(40) for j in (1, 2)]
+    patients = [s[:12] for s in samples]
+    folds = patient_split("c", samples, patients, seed=3)
+    fold = folds.folds[0]
+    sides = [{s[:12] for s in side} for side in _sides(fold)]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    assert len(sides[2]) == 8  # 4:1 of 40 patients
+    assert sum(map(len, _sides(fold))) == len(samples)
+    again = patient_split("c", samples, patients, seed=3).folds[0]
+    assert again == fold and patient_split("c", samples, patients, seed=4).folds[0] != fold
+
+
+def test_strips_partition_x_and_training_units_avoid_other_strips() -> None:
+    folds = spatial_strips("x", {"X1": (0.0, 1000.0)}, n_strips=5)
+    tests = [f.strips["X1"]["test"][0] for f in folds.folds]
+    assert tests == [[0.0, 200.0], [200.0, 400.0], [400.0, 600.0], [600.0, 800.0], [800.0, 1000.0]]
+    cells = np.random.default_rng(0).uniform(0, 1000, 5000)
+    counts = sum(in_strips(cells, f.strips["X1"]["test"]).astype(int) for f in folds.folds)
+    assert np.all(counts == 1)  # every cell is tested exactly once
+    fold = folds.folds[2]
+    roles = fold.strips["X1"]
+    assert roles["validation"] == [[600.0, 800.0]]
+    # 55 µm squares by left edge: one straddling 400 µm (the test strip's edge) may not train.
+    left = np.array([100.0, 380.0, 830.0, 145.0, 150.0])
+    assert in_strips(left, roles["train"], width_um=55.0).tolist() == [True, False, True, True, False]
+
+
+def test_folds_file_round_trip_and_overlap_refused(tmp_path) -> None:
+    folds = leave_one_out("c", ["a", "b", "c", "d"])
+    write_folds(folds, tmp_path / "folds.json")
+    assert read_folds(tmp_path / "folds.json") == folds
+    bad = Folds("c", "loo", [Fold("fold0", train=["a", "b"], validation=["c"], test=["b"])])
+    with pytest.raises(ValueError, match="two sides"):
+        write_folds(bad, tmp_path / "bad.json")
+    (tmp_path / "broken.json").write_text('{"cohort": "c"}')
+    with pytest.raises(InputError, match=r"broken\.json"):
+        read_folds(tmp_path / "broken.json")

@@ -1,0 +1,173 @@
+"""Training: bags, collation, checkpoints without pickle, resume after a kill, learning on a known signal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bitro.errors import InputError
+from bitro.features.graph import knn_graphs
+from bitro.genes.normalise import TargetTransform
+from bitro.model.bitro import BiTro, BiTroConfig
+from bitro.train.checkpoint import load_model, save_model
+from bitro.train.data import SampleData, collate, make_bags
+from bitro.train.fit import TrainConfig, fit
+from bitro.train.run import _pcc_gene, predict_bags
+
+GENES = [f"G{i}" for i in range(6)]
+
+
+def synthetic_sample(seed: int, *, level: str = "st", n_units: int = 40, features: int = 16) -> SampleData:
+    """Spots whose counts follow the mean of a hidden linear read-out of their cells' features."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 14, size=n_units)
+    unit_id = np.repeat(np.arange(n_units), sizes)
+    centres = np.column_stack([np.arange(n_units) * 100.0, np.zeros(n_units)])
+    xy = centres[unit_id] + rng.normal(0, 12, size=(len(unit_id), 2))
+    graph = knn_graphs(xy[:, 0], xy[:, 1], unit_id, k=4)
+    rows = graph.cell_index.astype(np.int64)
+    x = rng.normal(size=(len(unit_id), features)).astype(np.float32)
+    weights = np.random.default_rng(99).normal(size=(features, len(GENES)))
+    rate = np.exp(1.5 + 0.6 * np.tanh(x @ weights))
+    per_unit = np.zeros((n_units, len(GENES)))
+    np.add.at(per_unit, unit_id, rate)
+    counts = rng.poisson(per_unit).astype(np.float64)
+    if level == "bulk":
+        counts = counts.sum(axis=0, keepdims=True)
+    unit_of_cell = np.repeat(np.arange(len(graph.unit_ids)), np.diff(graph.cell_offsets))
+    return SampleData(
+        sample_id=f"S{seed}",
+        level=level,
+        features=x[rows],
+        offsets_um=(xy[rows] - centres[graph.unit_ids][unit_of_cell]).astype(np.float32),
+        phenotype=(x[rows, 0] > 0).astype(np.int64),
+        cell_rows=rows,
+        graph=graph,
+        unit_xy_um=centres[graph.unit_ids],
+        targets=counts,
+        space="counts" if level == "st" else "tpm",
+    )
+
+
+def _model(features: int = 16, **overrides: object) -> BiTro:
+    torch.manual_seed(0)
+    config = dict(
+        n_genes=len(GENES), in_dim=features, dim=32, gat_heads=2, transformer_heads=2, position_dim=4
+    )
+    return BiTro(BiTroConfig(**(config | overrides)))
+
+
+def test_bags_and_collation_follow_the_graph() -> None:
+    sample = synthetic_sample(0)
+    bags = make_bags(sample, 0)
+    assert len(bags) == 40 and all(len(b.units) == 1 for b in bags)
+    batch, targets, rows = collate(bags[:3], [sample])
+    sizes = [np.diff(sample.graph.cell_offsets)[b.units[0]] for b in bags[:3]]
+    assert batch.bag_ptr.tolist() == [0, 1, 2, 3]
+    assert batch.unit_ptr.tolist() == [0, *np.cumsum(sizes).tolist()]
+    assert np.array_equal(targets, sample.targets[[b.target_row for b in bags[:3]]])
+    assert np.array_equal(np.concatenate(rows), sample.cell_rows[: sum(sizes)])
+    # Edges stay inside their unit after packing.
+    src, dst = batch.edge_index.numpy()
+    unit_of = np.repeat(np.arange(3), sizes)
+    assert np.array_equal(unit_of[src], unit_of[dst])
+    # A bulk slide is one bag over all its units; training draws a subset of them.
+    bulk = synthetic_sample(1, level="bulk")
+    (slide,) = make_bags(bulk, 0)
+    assert len(slide.units) == 40
+    batch, _, _ = collate([slide], [bulk], max_units=8, rng=np.random.default_rng(0))
+    assert batch.bag_ptr.tolist() == [0, 8]
+    masked = make_bags(sample, 0, unit_mask=np.arange(40) < 10)
+    assert [b.target_row for b in masked] == list(range(10))
+
+
+def _fit(tmp_path, *, epochs: int, stop_after: int | None = None, lam: float = 0.1, fingerprint=None):
+    train = [synthetic_sample(s) for s in (1, 2, 3)]
+    val = synthetic_sample(4)
+    samples = [*train, val]
+    train_bags = [b for i in range(3) for b in make_bags(samples[i], i)]
+    val_bags = make_bags(val, 3)
+    rows = np.stack([samples[b.sample].targets[b.target_row] for b in train_bags])
+    transform = TargetTransform.fit(rows, GENES)
+    config = TrainConfig(lr=3e-3, max_epochs=epochs, patience=50, batch_bags=8, lambda_cluster=lam)
+    model = _model()
+    result = fit(
+        model,
+        train_bags,
+        val_bags,
+        samples,
+        transform,
+        config,
+        tmp_path,
+        progress=False,
+        stop_after=stop_after,
+        fingerprint=fingerprint,
+    )
+    return model, result, transform, samples, val_bags
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path) -> None:
+    straight, result, *_ = _fit(tmp_path / "straight", epochs=4)
+    assert result.epochs_run == 4
+    _, killed, *_ = _fit(tmp_path / "resumed", epochs=4, stop_after=2)
+    assert killed.epochs_run == 2
+    resumed, again, *_ = _fit(tmp_path / "resumed", epochs=4)
+    assert again.epochs_run == 4 and again.best_epoch == result.best_epoch
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    log = (tmp_path / "resumed" / "train_log.csv").read_text().splitlines()
+    assert len(log) == 5 and log[0].startswith("epoch,")
+
+
+def test_a_state_made_from_other_inputs_is_not_resumed(tmp_path) -> None:
+    _fit(tmp_path, epochs=3, stop_after=2, fingerprint={"data": "a"})
+    _, again, *_ = _fit(tmp_path, epochs=3, fingerprint={"data": "a"})
+    assert [row["epoch"] for row in again.history] == [1, 2, 3]  # resumed at 2
+    _, fresh, *_ = _fit(tmp_path, epochs=1, fingerprint={"data": "b"})
+    assert [row["epoch"] for row in fresh.history] == [1]  # other inputs: from scratch
+    assert len((tmp_path / "train_log.csv").read_text().splitlines()) == 2
+
+
+def test_training_learns_a_planted_signal_and_beats_the_mean(tmp_path) -> None:
+    model, result, transform, samples, val_bags = _fit(tmp_path, epochs=12)
+    predicted = transform.to_log1p(predict_bags(model, val_bags, samples))
+    truth = np.log1p(np.stack([samples[b.sample].targets[b.target_row] for b in val_bags]))
+    pcc, undefined = _pcc_gene(truth, predicted)
+    assert undefined == 0 and pcc > 0.5
+    mse_mean = ((truth - transform.mean) ** 2).mean()
+    assert ((predicted - truth) ** 2).mean() < 0.7 * mse_mean
+    history = result.history
+    assert history[-1]["train_gene"] < history[0]["train_gene"]
+    assert {"val_gene", "val_cluster", "train_cluster"} <= set(history[0])
+
+
+def test_streamed_bulk_prediction_equals_the_batched_one() -> None:
+    bulk = synthetic_sample(5, level="bulk", n_units=30)
+    (slide,) = make_bags(bulk, 0)
+    model = _model().eval()
+    streamed = predict_bags(model, [slide], [bulk])
+    batch, _, _ = collate([slide], [bulk])
+    with torch.no_grad():
+        direct = model(batch).prediction.numpy()
+    np.testing.assert_allclose(streamed, direct, atol=1e-5)
+
+
+def test_saved_model_loads_strictly_with_its_genes(tmp_path) -> None:
+    model = _model()
+    transform = TargetTransform.fit(np.ones((3, len(GENES))), GENES)
+    save_model(model, {"genes": GENES, "transform": transform.to_dict()}, tmp_path)
+    loaded, meta = load_model(tmp_path)
+    assert meta["genes"] == GENES
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert not any(p.suffix == ".pt" or p.suffix == ".pkl" for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match="gene names"):
+        save_model(model, {"genes": GENES[:3], "transform": transform.to_dict()}, tmp_path / "bad")
+    record = json.loads((tmp_path / "model.json").read_text())
+    record["model_config"]["dim"] = 16
+    (tmp_path / "model.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"model\.safetensors"):
+        load_model(tmp_path)

@@ -1,0 +1,96 @@
+# Paper section 4 and ARCHITECTURE section 5: each fold's test samples, the baselines, cohort tables.
+
+
+rule predict:
+    input:
+        unpack(predict_inputs),
+    output:
+        predictions=FOLD_DIR / "predictions.h5ad",
+        cells=FOLD_DIR / "cells_pred.h5ad",
+        metrics=FOLD_DIR / "metrics.tsv",
+    log:
+        LOGS / "predict" / "{cohort}" / "{fold}.log",
+    benchmark:
+        BENCHMARKS / "predict" / "{cohort}" / "{fold}.tsv"
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=TRAINING["gpu"],
+    params:
+        samples_dir=samples_dir,
+        model_dir=fold_dir,
+        out_dir=fold_dir,
+        xenium=xenium_root_arg,
+        device="cuda" if TRAINING["gpu"] else "cpu",
+    shell:
+        "bitro predict --samples-dir {params.samples_dir} --model-dir {params.model_dir} "
+        "--folds {input.folds} --fold {wildcards.fold} {params.xenium} --device {params.device} --threads {threads} "
+        "--out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule baselines:
+    input:
+        unpack(baseline_inputs),
+    output:
+        FOLD_DIR / "baselines.tsv",
+    log:
+        LOGS / "baselines" / "{cohort}" / "{fold}.log",
+    benchmark:
+        BENCHMARKS / "baselines" / "{cohort}" / "{fold}.tsv"
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+    params:
+        samples_dir=samples_dir,
+        truth=demo_truth_arg,
+        mlp_epochs=config["baselines"]["mlp_epochs"],
+        seed=EVALUATION["seed"],
+    shell:
+        "bitro baselines --samples-dir {params.samples_dir} --folds {input.folds} "
+        "--fold {wildcards.fold} --genes {input.genes} {params.truth} "
+        "--mlp-epochs {params.mlp_epochs} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule cohort_metrics:
+    input:
+        metrics=lambda wc: fold_files(wc.cohort, "metrics.tsv"),
+        baselines=lambda wc: fold_files(wc.cohort, "baselines.tsv"),
+    output:
+        metrics=COHORT_DIR / "metrics.tsv",
+        baselines=COHORT_DIR / "baselines.tsv",
+    log:
+        LOGS / "cohort_metrics" / "{cohort}.log",
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "bitro summarise --metrics {input.metrics} --baselines {input.baselines} "
+        "--out {output.metrics} --baselines-out {output.baselines} > {log} 2>&1"
+
+
+rule demo_summary:
+    input:
+        unpack(demo_summary_inputs),
+    output:
+        RESULTS / "demo_summary.tsv",
+    log:
+        LOGS / "demo_summary.log",
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        cohorts=demo_summary_args,
+    shell:
+        "bitro demo-summary {params.cohorts} --out {output} > {log} 2>&1"

@@ -1,0 +1,119 @@
+# Paper section 3.5: pretrain on one level, fine-tune on the other (full or LoRA), genes matched by name.
+
+
+rule transfer_pretrain:
+    input:
+        unpack(pretrain_inputs),
+    output:
+        model=TRANSFER_DIR / "pretrain" / "model.safetensors",
+        description=TRANSFER_DIR / "pretrain" / "model.json",
+    log:
+        LOGS / "transfer_pretrain" / "{source}_to_{target}.log",
+    benchmark:
+        BENCHMARKS / "transfer_pretrain" / "{source}_to_{target}.tsv"
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=24 * 60,
+        gpu=TRAINING["gpu"],
+    params:
+        source_samples=lambda wc: RESULTS / wc.source / "samples",
+        out_dir=lambda wc: RESULTS
+        / "transfer"
+        / f"{wc.source}_to_{wc.target}"
+        / "pretrain",
+        zscore="" if TRAINING["zscore"] else "--no-zscore",
+        settings=transfer_settings,
+        device="cuda" if TRAINING["gpu"] else "cpu",
+    shell:
+        "bitro transfer-pretrain --source-samples-dir {params.source_samples} "
+        "--source-genes {input.source_genes} --source-sheet {input.source_sheet} "
+        "--source-folds {input.source_folds} --target-folds {input.target_folds} "
+        "--target-sheet {input.target_sheet} {params.zscore} --params-json '{params.settings}' "
+        "--device {params.device} --quiet --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule transfer_finetune:
+    input:
+        unpack(finetune_inputs),
+    output:
+        model=TRANSFER_DIR / "{fold}" / "model.safetensors",
+        description=TRANSFER_DIR / "{fold}" / "model.json",
+    log:
+        LOGS / "transfer" / "{source}_to_{target}" / "{fold}.log",
+    benchmark:
+        BENCHMARKS / "transfer" / "{source}_to_{target}" / "{fold}.tsv"
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=24 * 60,
+        gpu=TRAINING["gpu"],
+    params:
+        pretrain_dir=lambda wc: RESULTS
+        / "transfer"
+        / f"{wc.source}_to_{wc.target}"
+        / "pretrain",
+        target_samples=lambda wc: RESULTS / wc.target / "samples",
+        out_dir=transfer_fold_dir,
+        mode=TRANSFER["mode"],
+        zscore="" if TRAINING["zscore"] else "--no-zscore",
+        settings=transfer_settings,
+        device="cuda" if TRAINING["gpu"] else "cpu",
+    shell:
+        "bitro transfer --pretrain-dir {params.pretrain_dir} --target-samples-dir {params.target_samples} "
+        "--target-folds {input.folds} --fold {wildcards.fold} --target-genes {input.genes} "
+        "--target-sheet {input.target_sheet} --phenotypes {input.phenotypes} --mode {params.mode} "
+        "{params.zscore} --params-json '{params.settings}' --device {params.device} --quiet --threads {threads} "
+        "--out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule transfer_predict:
+    input:
+        unpack(transfer_predict_inputs),
+    output:
+        predictions=TRANSFER_DIR / "{fold}" / "predictions.h5ad",
+        cells=TRANSFER_DIR / "{fold}" / "cells_pred.h5ad",
+        metrics=TRANSFER_DIR / "{fold}" / "metrics.tsv",
+    log:
+        LOGS / "transfer_predict" / "{source}_to_{target}" / "{fold}.log",
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=TRAINING["gpu"],
+    params:
+        target_samples=lambda wc: RESULTS / wc.target / "samples",
+        model_dir=transfer_fold_dir,
+        xenium=lambda wc: xenium_root_arg(_as_cohort(wc, wc.target)),
+        name=f"bitro_transfer_{TRANSFER['mode']}",
+        device="cuda" if TRAINING["gpu"] else "cpu",
+    shell:
+        "bitro predict --samples-dir {params.target_samples} --model-dir {params.model_dir} "
+        "--folds {input.folds} --fold {wildcards.fold} {params.xenium} --model-name {params.name} "
+        "--device {params.device} --threads {threads} --out-dir {params.model_dir} > {log} 2>&1"
+
+
+rule transfer_metrics:
+    input:
+        lambda wc: [
+            RESULTS / "transfer" / f"{wc.source}_to_{wc.target}" / fold / "metrics.tsv"
+            for fold in fold_names(wc.target)
+        ],
+    output:
+        TRANSFER_DIR / "metrics.tsv",
+    log:
+        LOGS / "transfer_metrics" / "{source}_to_{target}.log",
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "bitro summarise --metrics {input} --out {output} > {log} 2>&1"
