@@ -68,6 +68,20 @@ def test_demo_dag_has_one_units_and_targets_job_per_sample() -> None:
     assert "segment_cellvit" not in counts and "stain_reference" not in counts
 
 
+def test_each_cohort_is_a_target_of_its_own() -> None:
+    """`snakemake <cohort>` plans that cohort's folds and nothing of the other cohorts'."""
+    done = snakemake(ROOT, "demo_bulk", "--dry-run", "--forceall", "--quiet", "rules")
+    assert done.returncode == 0, done.stdout
+    counts = {}
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    bulk_slides = len((ROOT / "config" / "samples" / "demo_bulk.tsv").read_text().strip().splitlines()) - 1
+    assert counts["demo_bulk"] == 1 and counts["train"] == counts["predict"] == 1
+    assert counts["embed"] == bulk_slides and "transfer_finetune" not in counts
+
+
 @pytest.mark.parametrize(
     ("level", "sheet", "messages"),
     [

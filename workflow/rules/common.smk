@@ -465,6 +465,21 @@ def ablation_table_args(wildcards):
     return " ".join(specs)
 
 
+def cohort_tables(cohort):
+    """What a cohort's own target makes: its metric tables (and everything they need)."""
+    return [RESULTS / cohort / "metrics.tsv", RESULTS / cohort / "baselines.tsv"]
+
+
+def cohort_targets_by_name():
+    """Cohorts that get a target of their own name (a name that is already a rule's does not)."""
+    taken = {"all", "ablations"} | {r.name for r in workflow.rules}
+    return [
+        name
+        for name in COHORTS
+        if name not in taken and re.fullmatch(r"[A-Za-z_]\w*", name)
+    ]
+
+
 def all_targets():
     per_sample = [
         sample_dir(cohort, sample) / name
