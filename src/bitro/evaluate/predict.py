@@ -159,7 +159,9 @@ def _metric_rows(
     rows = []
     for space in spaces:
         t, p = (np.log1p(truth), np.log1p(prediction)) if space.startswith("log1p") else (truth, prediction)
-        scope = "per_sample" if len(set(groups)) > 1 and level != "slide" else "pooled"
+        # Spots and cells are scored within each test sample, then averaged, even when a fold tests one
+        # sample, so every fold of a cohort has the same scope; bulk slides are one unit each: pooled.
+        scope = "pooled" if level == "slide" else "per_sample"
         result = evaluate(t, p, space=space, genes=genes, groups=groups if scope == "per_sample" else None)
         rows.append(result.record(fold=fold, model=model, level=level))
     return rows
