@@ -10,9 +10,11 @@ import numpy as np
 import torch
 
 from bitro.cli import main
-from bitro.evaluate.splits import read_folds
+from bitro.evaluate.splits import in_strips, leave_one_out, read_folds, write_folds
 from bitro.features.phenotype import read_phenotypes
 from bitro.features.reduce import read_basis
+from bitro.preprocess.cells import read_cells
+from bitro.preprocess.units import read_units
 from bitro.train.checkpoint import load_model
 from bitro.train.fit import TrainConfig
 from bitro.train.run import train_fold
@@ -82,3 +84,44 @@ def test_nothing_fitted_on_a_fold_depends_on_its_test_samples(tmp_path: Path) ->
         int((np.diff(np.load(root / "samples" / s / "graph.npz")["cell_offsets"]) > 0).sum())
         for s in fold.train
     )
+
+
+def test_a_two_group_cohort_validates_on_a_strip_and_never_on_its_test_sample(tmp_path: Path) -> None:
+    root = _write_cohort(
+        tmp_path / "st", "st", {"S1": "P1", "S2": "P2", "S3": "P3"}, UNIVERSE[:6], UNIVERSE[:6]
+    )
+    extents = {}
+    for sample in ("S1", "S2"):
+        x = read_cells(root / "samples" / sample / "cells.parquet", geometry=False)["x_um"].to_numpy()
+        extents[sample] = (float(x.min()), float(np.nextafter(x.max(), np.inf)))
+    write_folds(leave_one_out("st", ["S1", "S2"], extents=extents), root / "folds.json")
+    fold = read_folds(root / "folds.json").fold("fold0")
+    assert fold.test == ["S1"] and fold.train == fold.validation == ["S2"]
+
+    def fit(out: Path) -> dict:
+        train_fold(
+            root / "samples",
+            root / "folds.json",
+            "fold0",
+            root / "genes.txt",
+            out,
+            model_config={"dim": 16, "gat_heads": 2, "transformer_heads": 2, "position_dim": 4},
+            train_config=TrainConfig(max_epochs=2, batch_bags=8, lr=1e-3),
+            progress=False,
+        )
+        return load_model(out)
+
+    before, meta = fit(tmp_path / "before")
+    # Training and validation units are the training section's units wholly inside their own strips.
+    units = read_units(root / "samples" / "S2" / "units.parquet")
+    left = units["x_um"].to_numpy() - units["diameter_um"].to_numpy() / 2
+    n_train = int(in_strips(left, fold.ranges("S2", "train"), width_um=55.0).sum())
+    n_validation = int(in_strips(left, fold.ranges("S2", "validation"), width_um=55.0).sum())
+    assert 0 < n_validation < n_train < len(units) - n_validation + 1
+    assert meta["transform"]["params"]["n_units"] == n_train
+    assert meta["validation"]["n_units"] == n_validation
+    _perturb_test_sample(root, "S1")
+    after, meta_after = fit(tmp_path / "after")
+    for name, weight in before.state_dict().items():
+        assert torch.equal(weight, after.state_dict()[name]), name
+    assert meta["validation"] == meta_after["validation"]

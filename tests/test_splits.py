@@ -42,8 +42,9 @@ def test_leave_one_patient_out_keeps_sections_together() -> None:
     for fold in folds.folds:
         groups = [{patient_of[s] for s in side} for side in _sides(fold)]
         assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
-    with pytest.raises(ValueError, match="at least 3 groups"):
-        leave_one_out("c", ["A1", "A2"], patients=["A", "B"])
+    # Two sections of one patient are one group: nothing to train on.
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        leave_one_out("c", ["A1", "A2"], patients=["A", "A"])
 
 
 def test_patient_split_never_splits_a_patient() -> None:
@@ -84,3 +85,36 @@ def test_folds_file_round_trip_and_overlap_refused(tmp_path) -> None:
     (tmp_path / "broken.json").write_text('{"cohort": "c"}')
     with pytest.raises(InputError, match=r"broken\.json"):
         read_folds(tmp_path / "broken.json")
+
+
+def test_two_groups_validate_on_a_strip_of_the_training_group(tmp_path) -> None:
+    extents = {"A": (0.0, 500.0), "B": (100.0, 600.0)}
+    folds = leave_one_out("hcc", ["A", "B"], extents=extents, n_strips=5)
+    assert folds.params == {"group_by": "sample", "validation": "strip", "n_strips": 5}
+    first, second = folds.folds
+    assert (first.test, first.train, first.validation) == (["A"], ["B"], ["B"])
+    assert (second.test, second.train) == (["B"], ["A"])
+    # The last fifth of the training section validates; the rest trains; the test section is whole.
+    assert np.allclose(first.ranges("B", "validation"), [[500.0, 600.0]])
+    assert np.allclose(first.ranges("B", "train"), [[100, 200], [200, 300], [300, 400], [400, 500]])
+    assert first.ranges("A", "test") is None and first.ranges("A", "train") is None
+    write_folds(folds, tmp_path / "folds.json")
+    assert read_folds(tmp_path / "folds.json") == folds
+    with pytest.raises(ValueError, match="extents"):
+        leave_one_out("hcc", ["A", "B"])
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        leave_one_out("one", ["A"])
+    # Strips of one sample that overlap, or a sample whole on two sides, are refused.
+    overlapping = Fold(
+        "fold0",
+        train=["B"],
+        validation=["B"],
+        test=["A"],
+        strips={"B": {"train": [[100.0, 550.0]], "validation": [[500.0, 600.0]]}},
+    )
+    whole = Fold(
+        "fold0", train=["B"], validation=["B"], test=["A"], strips={"B": {"train": [[100.0, 500.0]]}}
+    )
+    for fold in (overlapping, whole):
+        with pytest.raises(ValueError, match="two sides"):
+            write_folds(Folds("hcc", "loo", [fold]), tmp_path / "bad.json")

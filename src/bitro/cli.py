@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, NoReturn
 from bitro import __version__
 from bitro._atomic import atomic_path
 from bitro.commands import cohort as cohort_commands
+from bitro.commands import doctor as doctor_commands
 from bitro.commands import evaluate as evaluate_commands
+from bitro.commands import plot as plot_commands
 from bitro.commands import train as train_commands
 from bitro.commands import transfer as transfer_commands
 from bitro.errors import InputError
@@ -554,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_commands.register(verbs)
     evaluate_commands.register(verbs)
     transfer_commands.register(verbs)
+    doctor_commands.register(verbs)
+    plot_commands.register(verbs)
     return parser
 
 

@@ -91,7 +91,8 @@ rule ablations:
     input:
         unpack(ablation_table_inputs),
     output:
-        RESULTS / "ablations" / "table.tsv",
+        table=RESULTS / "ablations" / "table.tsv",
+        long=RESULTS / "ablations" / "table_long.tsv",
     log:
         LOGS / "ablations.log",
     conda:
@@ -102,5 +103,7 @@ rule ablations:
         runtime=10,
     params:
         cohorts=ablation_table_args,
+        tables=lambda wc: ablation_table_args(wc, protocols=False),
     shell:
-        "bitro demo-summary {params.cohorts} --out {output} > {log} 2>&1"
+        "(bitro demo-summary {params.cohorts} --out {output.long} && "
+        "bitro ablation-table {params.tables} --out {output.table}) > {log} 2>&1"

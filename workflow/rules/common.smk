@@ -241,10 +241,11 @@ def gene_list_input(wildcards):
 
 
 def fold_cells_inputs(wildcards):
-    """Xenium strips are cut from the cells' extent; the other protocols need no cells."""
-    if COHORTS[wildcards.cohort]["level"] != "xenium":
-        return []
-    return cohort_sample_files("cells.parquet")(wildcards)
+    """Strips (Xenium, and the validation strip of a two-group ST cohort) are cut from the cells' extent."""
+    level = COHORTS[wildcards.cohort]["level"]
+    if level == "xenium" or (level == "st" and len(fold_names(wildcards.cohort)) == 2):
+        return cohort_sample_files("cells.parquet")(wildcards)
+    return []
 
 
 def feature_inputs(wildcards, scope=None):
@@ -456,18 +457,19 @@ def ablation_table_inputs(wildcards):
     return {cohort: ablation_tables(cohort) for cohort in ABLATIONS["cohorts"]}
 
 
-def ablation_table_args(wildcards):
+def ablation_table_args(wildcards, protocols=True):
     specs = []
     for cohort in ABLATIONS["cohorts"]:
-        protocol = PROTOCOLS[COHORTS[cohort]["level"]]
-        tables = ",".join(str(t) for t in ablation_tables(cohort))
-        specs.append(f"--cohort '{cohort},{protocol},{tables}'")
+        protocol = [PROTOCOLS[COHORTS[cohort]["level"]]] if protocols else []
+        fields = [cohort, *protocol, *(str(t) for t in ablation_tables(cohort))]
+        specs.append(f"--cohort '{','.join(fields)}'")
     return " ".join(specs)
 
 
 def cohort_tables(cohort):
-    """What a cohort's own target makes: its metric tables (and everything they need)."""
-    return [RESULTS / cohort / "metrics.tsv", RESULTS / cohort / "baselines.tsv"]
+    """What a cohort's own target makes: its metric tables (and everything they need) and figures."""
+    tables = [RESULTS / cohort / "metrics.tsv", RESULTS / cohort / "baselines.tsv"]
+    return tables + list(plot_files(cohort).values())
 
 
 def cohort_targets_by_name():
@@ -497,4 +499,5 @@ def all_targets():
         for source, target in TRANSFER_PAIRS
     ]
     summary = [RESULTS / "demo_summary.tsv"] if DEMO_ENABLED else []
-    return per_sample + cohort_tables + transfer_tables + summary
+    figures = [path for cohort in COHORTS for path in plot_files(cohort).values()]
+    return per_sample + cohort_tables + transfer_tables + summary + figures

@@ -4,6 +4,7 @@
 rule tissue:
     input:
         unpack(sample_inputs),
+        doctor=doctor_stamp,
     output:
         mask=SAMPLE_DIR / "tissue.npz",
         geojson=SAMPLE_DIR / "tissue.geojson",
@@ -96,6 +97,7 @@ rule stain:
 rule cellvit_script:
     input:
         unpack(sample_inputs),
+        doctor=doctor_stamp,
         model=CELLVIT_MODEL,
     output:
         SAMPLE_DIR / "cellvit" / "run.sh",

@@ -46,17 +46,30 @@ def _cmd_genes(args: argparse.Namespace) -> None:
     log.info("%d genes -> %s", len(genes), args.out)
 
 
+def _cell_extents(samples_dir: Path, samples: list[str]) -> dict[str, tuple[float, float]]:
+    """Each sample's x range (µm) over its cells, the last cell inside (strips are half-open)."""
+    from bitro.preprocess.cells import read_cells
+
+    extents = {}
+    for sample, folder in sample_dirs(samples_dir, samples).items():
+        x = read_cells(folder / "cells.parquet", geometry=False)["x_um"].to_numpy()
+        extents[sample] = (float(x.min()), float(np.nextafter(x.max(), np.inf)))
+    return extents
+
+
 def _cmd_folds(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from bitro.evaluate.splits import leave_one_out, patient_split, spatial_strips, write_folds
-    from bitro.preprocess.cells import read_cells
 
     sheet = pd.read_csv(args.sample_sheet, sep="\t", dtype=str)
     samples = sheet["sample_id"].tolist()
     patients = sheet["patient_id"].fillna(sheet["sample_id"]).tolist() if "patient_id" in sheet else None
     if args.level == "st":
-        folds = leave_one_out(args.cohort, samples, patients=patients if args.group_by == "patient" else None)
+        groups = patients if args.group_by == "patient" else None
+        # Two groups leave none to validate on: each fold validates on a strip of its training group.
+        extents = _cell_extents(args.samples_dir, samples) if len(set(groups or samples)) == 2 else None
+        folds = leave_one_out(args.cohort, samples, patients=groups, extents=extents, n_strips=args.n_strips)
     elif args.level == "bulk":
         if patients is None:
             raise SystemExit(f"{args.sample_sheet}: a bulk split needs a patient_id column")
@@ -64,11 +77,7 @@ def _cmd_folds(args: argparse.Namespace) -> None:
             args.cohort, samples, patients, test_fraction=args.test_fraction, seed=args.seed
         )
     else:
-        extents = {}
-        for sample, folder in sample_dirs(args.samples_dir, samples).items():
-            x = read_cells(folder / "cells.parquet", geometry=False)["x_um"].to_numpy()
-            extents[sample] = (float(x.min()), float(np.nextafter(x.max(), np.inf)))
-        folds = spatial_strips(args.cohort, extents, n_strips=args.n_strips)
+        folds = spatial_strips(args.cohort, _cell_extents(args.samples_dir, samples), n_strips=args.n_strips)
     write_folds(folds, args.out)
     log.info("%s: %d %s folds -> %s", args.cohort, len(folds.folds), folds.protocol, args.out)
 

@@ -121,6 +121,16 @@ def _cmd_demo_summary(args: argparse.Namespace) -> None:
     print(table[[c for c in columns if c in table]].to_string(index=False))
 
 
+def _cmd_ablation_table(args: argparse.Namespace) -> None:
+    from bitro.evaluate.summary import ablation_table
+
+    cohorts = {}
+    for spec in args.cohort:
+        name, *paths = spec.split(",")
+        cohorts[name] = [Path(p) for p in paths]
+    print(ablation_table(cohorts, args.out).to_string(index=False))
+
+
 def register_summary(verbs: argparse._SubParsersAction) -> None:
     """Add ``demo-summary`` to the ``bitro`` parser."""
     summary = verbs.add_parser("demo-summary", help="the demo's BiTro-vs-baselines table: demo_summary.tsv")
@@ -132,3 +142,9 @@ def register_summary(verbs: argparse._SubParsersAction) -> None:
     )
     summary.add_argument("--out", required=True)
     summary.set_defaults(func=_cmd_demo_summary)
+    table = verbs.add_parser("ablation-table", help="paper Tables 7-8 in their shape: rows configurations")
+    table.add_argument(
+        "--cohort", action="append", required=True, help="NAME,TABLE[,TABLE...]: a cohort and its tables"
+    )
+    table.add_argument("--out", required=True)
+    table.set_defaults(func=_cmd_ablation_table)

@@ -90,11 +90,12 @@ def _sample_units(
         return UnitTable(means, composition, np.asarray(values, np.float64), np.array([folder.name]))
     means = unit_mean_embeddings(embeddings, unit_of_cell, len(units))
     keep = means.n_cells > 0
-    if fold.strips:
+    roles = ("train", "validation") if role == "train" else ("test",)
+    role_ranges = [fold.ranges(folder.name, name) for name in roles]
+    if all(ranges is not None for ranges in role_ranges):
         side = units["diameter_um"].to_numpy(np.float64)
         left = units["x_um"].to_numpy(np.float64) - side / 2
-        roles = ("train", "validation") if role == "train" else ("test",)
-        ranges = [r for name in roles for r in fold.strips[folder.name][name]]
+        ranges = [r for part in role_ranges for r in part or []]
         keep &= in_strips(left, ranges, width_um=float(side.max()))
     composition = _composition(truth, units, cell_types, bulk=False)[keep] if truth else None
     return UnitTable(

@@ -211,9 +211,10 @@ def predict_fold(
         units_tables[sample_id] = read_units(folder / "units.parquet")
         cells_tables[sample_id] = read_cells(folder / "cells.parquet", geometry=False)
         mask = None
-        if fold.strips:
+        test_ranges = fold.ranges(sample_id, "test")
+        if test_ranges is not None:
             cells = cells_tables[sample_id]
-            in_test = in_strips(cells["x_um"].to_numpy(), fold.strips[sample_id]["test"])
+            in_test = in_strips(cells["x_um"].to_numpy(), test_ranges)
             mask = np.zeros(len(units_tables[sample_id]), dtype=bool)
             mask[cells["unit_id"].to_numpy()[in_test & (cells["unit_id"].to_numpy() >= 0)]] = True
         results.append(predict_sample(model, sample, transform, unit_mask=mask, device=device))
@@ -239,7 +240,7 @@ def predict_fold(
         model=model_name,
         fold=fold_name,
     )
-    if fold.strips and cell_truth:
+    if cell_truth and "in_test_strip" in cells_pred.obs:
         truth = np.concatenate(
             [
                 _xenium_truth(
@@ -305,10 +306,11 @@ def _predictions_anndata(
             and not fold.strips
         )
         scored = np.ones(len(r.unit_ids), dtype=bool)
-        if fold.strips:
+        test_ranges = fold.ranges(r.sample_id, "test")
+        if test_ranges is not None:
             side = units["diameter_um"].to_numpy(np.float64)[r.unit_ids]
             left = units["x_um"].to_numpy(np.float64)[r.unit_ids] - side / 2
-            scored = in_strips(left, fold.strips[r.sample_id]["test"], width_um=float(side.max()))
+            scored = in_strips(left, test_ranges, width_um=float(side.max()))
         frame = pd.DataFrame(
             {
                 "sample_id": r.sample_id,
@@ -348,8 +350,9 @@ def _cells_anndata(
                 "phenotype": r.phenotype,
             }
         )
-        if fold.strips:
-            frame["in_test_strip"] = in_strips(cells["x_um"].to_numpy(), fold.strips[r.sample_id]["test"])
+        test_ranges = fold.ranges(r.sample_id, "test")
+        if test_ranges is not None:
+            frame["in_test_strip"] = in_strips(cells["x_um"].to_numpy(), test_ranges)
         frame.index = [f"{r.sample_id}:{c}" for c in frame["cell_id"]]
         obs.append(frame)
         spatial.append(cells[["x_px", "y_px"]].to_numpy(np.float64))

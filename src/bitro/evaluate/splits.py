@@ -6,7 +6,10 @@ samples are touched once, at the end.
 
 - ``loo`` (ST): leave one group out, a group being a sample, or a patient when ``group_by="patient"`` so
   sections of one patient never sit on both sides (PITFALLS 3). The validation group of fold *k* is the
-  next group after the test group in sorted order, so every group validates once.
+  next group after the test group in sorted order, so every group validates once. A cohort of two groups
+  (HEST-1k's HCC has two sections) has no group to spare: each fold then trains on the other group and
+  validates on its last strip along x (one of ``n_strips``), training on the pseudo-units wholly inside the
+  other strips, so early stopping never sees the test group.
 - ``patient`` (bulk): a seeded 4:1 split of patients (TCGA: the first 12 characters of the barcode,
   PITFALLS 2), all of a patient's slides following the patient; validation is a seeded fifth of the
   training patients.
@@ -44,6 +47,10 @@ class Fold:
     test: list[str]
     strips: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
 
+    def ranges(self, sample: str, role: str) -> list[list[float]] | None:
+        """The x-ranges (µm) of ``sample`` that play ``role``; None when the whole sample does."""
+        return self.strips.get(sample, {}).get(role)
+
 
 @dataclass(frozen=True)
 class Folds:
@@ -75,20 +82,49 @@ def _groups(samples: Sequence[str], patients: Sequence[str] | None) -> dict[str,
     return {key: sorted(groups[key]) for key in sorted(groups)}
 
 
-def leave_one_out(cohort: str, samples: Sequence[str], *, patients: Sequence[str] | None = None) -> Folds:
-    """Leave one sample (or, with ``patients``, one patient) out; see the module docstring."""
+def _strip_edges(lo: float, hi: float, n_strips: int) -> list[list[float]]:
+    edges = np.linspace(float(lo), float(hi), n_strips + 1).tolist()
+    return [[edges[i], edges[i + 1]] for i in range(n_strips)]
+
+
+def leave_one_out(
+    cohort: str,
+    samples: Sequence[str],
+    *,
+    patients: Sequence[str] | None = None,
+    extents: Mapping[str, tuple[float, float]] | None = None,
+    n_strips: int = 5,
+) -> Folds:
+    """Leave one sample (or, with ``patients``, one patient) out; see the module docstring.
+
+    ``extents`` (sample → x range of its cells, µm) is needed only for a cohort of two groups, whose folds
+    validate on a strip of the training group.
+    """
     groups = _groups(samples, patients)
     keys = list(groups)
-    if len(keys) < 3:
-        raise ValueError(
-            f"leave-one-out needs at least 3 groups (test, validation, training); {cohort} has {len(keys)}"
-        )
+    params: dict[str, Any] = {"group_by": "patient" if patients is not None else "sample"}
+    if len(keys) < 2:
+        raise ValueError(f"leave-one-out needs at least 2 groups; {cohort} has {len(keys)}")
     folds = []
+    if len(keys) == 2:
+        if extents is None:
+            raise ValueError(f"{cohort} has 2 groups: its validation strips need the samples' extents")
+        if n_strips < 2:
+            raise ValueError("a validation strip needs at least 2 strips per training sample")
+        for k, key in enumerate(keys):
+            train = groups[keys[1 - k]]
+            strips = {}
+            for sample in train:
+                strip = _strip_edges(*extents[sample], n_strips)
+                strips[sample] = {"train": strip[:-1], "validation": strip[-1:]}
+            fold = Fold(f"fold{k}", train=train, validation=list(train), test=groups[key], strips=strips)
+            folds.append(fold)
+        return Folds(cohort, "loo", folds, params | {"validation": "strip", "n_strips": n_strips})
     for k, key in enumerate(keys):
         validation = keys[(k + 1) % len(keys)]
         train = [s for other in keys if other not in (key, validation) for s in groups[other]]
         folds.append(Fold(f"fold{k}", train=train, validation=groups[validation], test=groups[key]))
-    return Folds(cohort, "loo", folds, {"group_by": "patient" if patients is not None else "sample"})
+    return Folds(cohort, "loo", folds, params | {"validation": "group"})
 
 
 def patient_split(
@@ -124,17 +160,13 @@ def spatial_strips(cohort: str, extents: Mapping[str, tuple[float, float]], *, n
     """Strips of equal width along x for each slide; ``extents`` maps sample → (x_min, x_max) in µm."""
     if n_strips < 3:
         raise ValueError("the strip protocol needs at least 3 strips (test, validation, training)")
-    edges = {
-        sample: np.linspace(float(lo), float(hi), n_strips + 1).tolist()
-        for sample, (lo, hi) in sorted(extents.items())
-    }
+    edges = {sample: _strip_edges(lo, hi, n_strips) for sample, (lo, hi) in sorted(extents.items())}
     samples = sorted(extents)
     folds = []
     for k in range(n_strips):
         validation = k + 1 if k + 1 < n_strips else k - 1
         strips = {}
-        for sample, e in edges.items():
-            strip = [[e[i], e[i + 1]] for i in range(n_strips)]
+        for sample, strip in edges.items():
             strips[sample] = {
                 "test": [strip[k]],
                 "validation": [strip[validation]],
@@ -158,18 +190,30 @@ def in_strips(x_um: np.ndarray, ranges: Sequence[Sequence[float]], *, width_um: 
 
 
 def check_disjoint(folds: Folds) -> None:
-    """Raise ``ValueError`` when a fold has a sample on two sides, or a patient split across sides."""
+    """Raise ``ValueError`` when a fold has a sample on two sides, or a patient split across sides.
+
+    A sample may sit on two sides only when both give it x-ranges (strips), which must not overlap.
+    """
+    roles = ("train", "validation", "test")
     for fold in folds.folds:
-        if folds.protocol == "strips":
-            continue
-        sides = [set(fold.train), set(fold.validation), set(fold.test)]
         for a in range(3):
             for b in range(a + 1, 3):
-                shared = sides[a] & sides[b]
-                if shared:
-                    raise ValueError(f"{folds.cohort} {fold.name}: samples on two sides: {sorted(shared)}")
+                shared = set(getattr(fold, roles[a])) & set(getattr(fold, roles[b]))
+                whole = sorted(
+                    s
+                    for s in shared
+                    if fold.ranges(s, roles[a]) is None
+                    or fold.ranges(s, roles[b]) is None
+                    or _overlap(fold.ranges(s, roles[a]) or [], fold.ranges(s, roles[b]) or [])
+                )
+                if whole:
+                    raise ValueError(f"{folds.cohort} {fold.name}: samples on two sides: {whole}")
         if not fold.train or not fold.test:
             raise ValueError(f"{folds.cohort} {fold.name}: empty training or test set")
+
+
+def _overlap(first: Sequence[Sequence[float]], second: Sequence[Sequence[float]]) -> bool:
+    return any(lo < hi2 and lo2 < hi for lo, hi in first for lo2, hi2 in second)
 
 
 def write_folds(folds: Folds, path: str | Path) -> None:

@@ -102,3 +102,51 @@ def demo_summary(cohorts: dict[str, tuple[str, list[Path]]], out: str | Path) ->
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return table
+
+
+#: The unit level and space each cohort level is compared on in the ablation table (paper Tables 7-8).
+ABLATION_LEVEL = {"spot": "log1p counts", "slide": "log1p TPM"}
+
+
+def _ablation_row(model: str) -> tuple[str, str]:
+    """(type, configuration) of a model name: ``bitro``, ``bitro_transfer_<mode>``, ``bitro_<variant>``."""
+    if model == "bitro":
+        return "base", "standard"
+    if model.startswith("bitro_transfer_"):
+        return f"transfer ({model.removeprefix('bitro_transfer_')})", "standard"
+    return "base", model.removeprefix("bitro_")
+
+
+def ablation_table(cohorts: dict[str, Sequence[str | Path]], out: str | Path) -> pd.DataFrame:
+    """Paper Tables 7-8 in their shape: one row per (type, configuration), ``O.`` and ``G.`` per cohort.
+
+    ``cohorts`` maps a cohort to its summary tables (main ``metrics.tsv``, transfer and ablation
+    ``metrics.tsv``). Cells hold ``mean ± std`` over folds of PCC overall (O.) and PCC gene (G.) on spots
+    in log1p counts or slides in log1p TPM; a configuration a cohort did not run is left empty. Writes
+    ``out`` and returns the table (columns ``type``, ``configuration``, then ``<cohort> O.``/``G.``).
+    """
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for cohort, paths in cohorts.items():
+        for path in paths:
+            table = pd.read_csv(require_file(path, "cohort metrics"), sep="\t")
+            keep = table["level"].map(ABLATION_LEVEL).eq(table["space"])
+            for model, group in table[keep].groupby("model", sort=False):
+                mean = group[group["fold"] == "mean"].iloc[0]
+                std = group[group["fold"] == "std"].iloc[0]
+                row = cells.setdefault(_ablation_row(str(model)), {})
+                for column, label in (("pcc_overall", "O."), ("pcc_gene", "G.")):
+                    value, spread = float(mean[column]), float(std[column])
+                    text = f"{value:.3f} ± {spread:.3f}" if np.isfinite(spread) else f"{value:.3f}"
+                    row[f"{cohort} {label}"] = text
+    if not cells:
+        raise InputError(out, "no spot or slide rows in the ablation tables")
+    columns = [f"{cohort} {label}" for cohort in cohorts for label in ("O.", "G.")]
+    # Base runs first, the standard configuration on top of each type.
+    order = sorted(cells, key=lambda key: (key[0] != "base", key[0], key[1] != "standard", key[1]))
+    frame = pd.DataFrame(
+        [{"type": kind, "configuration": config} | cells[(kind, config)] for kind, config in order],
+        columns=["type", "configuration", *columns],
+    )
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False)
+    return frame

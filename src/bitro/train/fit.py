@@ -201,6 +201,7 @@ def fit(
         }
     else:
         best, info = restored
+        log.info("%s: resuming after epoch %d of %d", out_dir, info["epoch"], config.max_epochs)
     # The log always matches the state it resumes from (a rerun may have deleted it).
     log_path.unlink(missing_ok=True)
     for row in info["history"]:

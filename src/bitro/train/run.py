@@ -53,13 +53,14 @@ class FoldInputs:
 def _unit_mask(
     sample_dir: Path, fold: Fold, sample: str, role: str, *, cells: bool = False
 ) -> np.ndarray | None:
-    """Xenium strips: which units (by id) lie wholly inside the strips of ``role``."""
-    if not fold.strips:
+    """Strips (Xenium, two-group ST): which units (by id) lie wholly inside the strips of ``role``."""
+    ranges = fold.ranges(sample, role)
+    if ranges is None:
         return None
     units = read_units(sample_dir / "units.parquet")
     side = units["diameter_um"].to_numpy(np.float64)
     left = units["x_um"].to_numpy(np.float64) - side / 2
-    return in_strips(left, fold.strips[sample][role], width_um=float(side.max()))
+    return in_strips(left, ranges, width_um=float(side.max()))
 
 
 def load_fold(

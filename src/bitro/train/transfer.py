@@ -374,11 +374,13 @@ def pretraining_fold(
             return Fold(
                 "pretrain", train=list(fold.train), validation=list(fold.validation), test=[], strips=strips
             )
+        # A two-group leave-one-out validates on a strip of its training sample: keep that strip out.
         return Fold(
             "pretrain",
             train=sorted(set(fold.train) | set(fold.test)),
             validation=sorted(fold.validation),
             test=[],
+            strips={sample: dict(roles) for sample, roles in fold.strips.items()},
         )
     groups: dict[str, list[str]] = {}
     for sample in samples:

@@ -1,0 +1,50 @@
+"""The ``plot`` verb: a cohort's figures and report tables in ``results/{cohort}/figures/``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger("bitro")
+
+# Kept here rather than imported so that `bitro --help` does not load matplotlib.
+LEVELS = ("auto", "st", "bulk", "xenium")
+
+
+def _cmd_plot(args: argparse.Namespace) -> None:
+    from threadpoolctl import threadpool_limits
+
+    from bitro.plot.cohort import plot_cohort
+
+    with threadpool_limits(limits=args.threads):
+        written = plot_cohort(
+            args.cohort_dir,
+            args.out_dir,
+            level=args.level,
+            folds=args.folds,
+            top_n=args.top_genes,
+            dpi=args.dpi,
+            cohort=args.cohort,
+        )
+    log.info("%d files -> %s", len(written), args.out_dir or args.cohort_dir / "figures")
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    """Add ``plot`` to the ``bitro`` parser."""
+    plot = verbs.add_parser(
+        "plot",
+        help="a cohort's figures (spot and cell maps, per-gene PCC, baselines, training curves) and "
+        "report tables: results/{cohort}/figures/",
+    )
+    plot.add_argument("--cohort-dir", required=True, type=Path, help="results/{cohort}")
+    plot.add_argument("--out-dir", type=Path, help="where the files go (default: COHORT_DIR/figures)")
+    plot.add_argument(
+        "--level", choices=LEVELS, default="auto", help="the cohort's level (auto: from its metrics.tsv)"
+    )
+    plot.add_argument("--folds", nargs="+", help="fold names (default: those of folds.json)")
+    plot.add_argument("--cohort", help="the name in titles and summary.tsv (default: the folder's)")
+    plot.add_argument("--top-genes", type=int, default=4, help="genes per sample in the maps")
+    plot.add_argument("--dpi", type=int, default=150)
+    plot.add_argument("--threads", type=int, help="BLAS threads (the rule's threads; default: no limit)")
+    plot.set_defaults(func=_cmd_plot)
