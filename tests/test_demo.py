@@ -60,14 +60,14 @@ def _level0(path: Path) -> np.ndarray:
 def test_sample_ids_default() -> None:
     ids = demo_sample_ids(DemoConfig())
     assert ids["hest"] == [f"DEMO0{i}" for i in range(1, 7)]
-    assert len(ids["tcga"]) == 9
+    assert len(ids["tcga"]) == 12
     assert ids["tcga"][:4] == [
         "TCGA-DM-A001-01Z-00-DX1",
         "TCGA-DM-A001-01Z-00-DX2",
         "TCGA-DM-A002-01Z-00-DX1",
-        "TCGA-DM-A003-01Z-00-DX1",
+        "TCGA-DM-A002-01Z-00-DX2",
     ]
-    assert ids["tcga"][-1] == "TCGA-DM-A008-01Z-00-DX1"
+    assert ids["tcga"][-1] == "TCGA-DM-A010-01Z-00-DX1"
     assert ids["xenium"] == ["XENIUM_DEMO"]
 
 

@@ -66,7 +66,7 @@ def test_demo_dag_has_one_units_and_targets_job_per_sample() -> None:
     )
     assert counts["generate_demo"] == 1
     for rule in ("tissue", "units", "stain", "cells", "crops", "embed", "reduce", "graph", "targets"):
-        assert counts[rule] == n_samples == 16, rule
+        assert counts[rule] == n_samples == 19, rule
     assert "segment_cellvit" not in counts and "stain_reference" not in counts
 
 

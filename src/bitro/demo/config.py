@@ -58,8 +58,8 @@ class DemoConfig:
     n_hest_patients: int = 3
     hest_sections_per_patient: int = 2
     st_size_um: tuple[float, float] = (1000.0, 1000.0)
-    n_tcga_patients: int = 8
-    tcga_two_slide_patients: int = 1
+    n_tcga_patients: int = 10
+    tcga_two_slide_patients: int = 2
     bulk_size_um: tuple[float, float] = (800.0, 800.0)
     n_xenium: int = 1
     xenium_size_um: tuple[float, float] = (1200.0, 1000.0)
