@@ -171,3 +171,18 @@ def test_saved_model_loads_strictly_with_its_genes(tmp_path) -> None:
     (tmp_path / "model.json").write_text(json.dumps(record))
     with pytest.raises(InputError, match=r"model\.safetensors"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize(("slide_batch", "steps"), [(1, 5), (2, 3), (8, 1)])
+def test_slide_bags_step_per_slide_batch(tmp_path, monkeypatch, slide_batch: int, steps: int) -> None:
+    """Bulk slides train with ``slide_batch_bags`` per step (one slide by default), spots with batch_bags."""
+    samples = [synthetic_sample(s, level="bulk", n_units=12) for s in range(6)]
+    bags = [b for i, sample in enumerate(samples) for b in make_bags(sample, i)]
+    rows = np.stack([samples[b.sample].targets[b.target_row] for b in bags[:5]])
+    transform = TargetTransform.fit(rows, GENES)
+    calls = []
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: calls.append(1))
+    config = TrainConfig(max_epochs=1, batch_bags=8, slide_batch_bags=slide_batch)
+    fit(_model(), bags[:5], bags[5:], samples, transform, config, tmp_path, progress=False)
+    assert len(calls) == steps
+    assert TrainConfig().slide_batch_bags == 1

@@ -46,6 +46,9 @@ class TrainConfig:
     patience: int = 6
     clip_norm: float = 1.0
     batch_bags: int = 32
+    #: Bags per step when every training bag is a whole slide (bulk): multiple-instance learning on
+    #: slides steps once per slide, so a cohort of a few dozen slides still takes many steps an epoch.
+    slide_batch_bags: int = 1
     lambda_cluster: float = 0.1
     max_units_per_bag: int = 64
     seed: int = 0
@@ -207,6 +210,8 @@ def fit(
     for row in info["history"]:
         _append_log(log_path, row)
     history: list[dict[str, float]] = info["history"]
+    slides = all(samples[bag.sample].level == "bulk" for bag in train_bags)
+    batch_size = config.slide_batch_bags if slides else config.batch_bags
     stopped_early = info["bad_epochs"] >= config.patience
     epochs = range(info["epoch"], config.max_epochs)
     bar = tqdm(epochs, desc="epochs", disable=not progress, initial=info["epoch"], total=config.max_epochs)
@@ -219,7 +224,7 @@ def fit(
         started = time.perf_counter()
         sums: dict[str, float] = {}
         n_bags = 0
-        for chunk in _batches(train_bags, config.batch_bags, rng):
+        for chunk in _batches(train_bags, batch_size, rng):
             loss, parts = batch_loss(model, chunk, samples, transform, counts, config, device=device, rng=rng)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
