@@ -33,6 +33,11 @@ def _fit_fold(root: Path, out: Path) -> None:
     args = ["--folds", str(root / "folds.json"), "--fold", "fold0", "--samples-dir", str(root / "samples")]
     assert main(["cohort-pca", *args, "--n-components", "8", "--out", str(out / "pca.npz")]) == 0
     assert main(["phenotypes", *args, "--k", "3", "--out", str(out / "phenotypes.npz")]) == 0
+    _train_fold0(root, out, phenotypes_path=out / "phenotypes.npz")
+
+
+def _train_fold0(root: Path, out: Path, **options: object) -> None:
+    """A tiny BiTro trained for two epochs on fold0 of the cohort at ``root``."""
     train_fold(
         root / "samples",
         root / "folds.json",
@@ -41,8 +46,8 @@ def _fit_fold(root: Path, out: Path) -> None:
         out,
         model_config={"dim": 16, "gat_heads": 2, "transformer_heads": 2, "position_dim": 4},
         train_config=TrainConfig(max_epochs=2, batch_bags=8, lr=1e-3),
-        phenotypes_path=out / "phenotypes.npz",
         progress=False,
+        **options,
     )
 
 
@@ -98,17 +103,8 @@ def test_a_two_group_cohort_validates_on_a_strip_and_never_on_its_test_sample(tm
     fold = read_folds(root / "folds.json").fold("fold0")
     assert fold.test == ["S1"] and fold.train == fold.validation == ["S2"]
 
-    def fit(out: Path) -> dict:
-        train_fold(
-            root / "samples",
-            root / "folds.json",
-            "fold0",
-            root / "genes.txt",
-            out,
-            model_config={"dim": 16, "gat_heads": 2, "transformer_heads": 2, "position_dim": 4},
-            train_config=TrainConfig(max_epochs=2, batch_bags=8, lr=1e-3),
-            progress=False,
-        )
+    def fit(out: Path) -> tuple:
+        _train_fold0(root, out)
         return load_model(out)
 
     before, meta = fit(tmp_path / "before")

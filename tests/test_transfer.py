@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bitro._hashing import file_sha256
 from bitro.cli import main
 from bitro.errors import InputError
 from bitro.evaluate.splits import Fold, leave_one_out, patient_split, read_folds, spatial_strips, write_folds
@@ -32,7 +33,6 @@ from bitro.train.transfer import (
     LoraOptions,
     PatientOverlapError,
     check_no_shared_patients,
-    file_sha256,
     finetune,
     load_transferred,
     per_gene_tensors,

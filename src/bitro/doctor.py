@@ -21,7 +21,6 @@ others:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as metadata
 import json
 import math
@@ -37,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bitro._hashing import file_sha256, files_sha256
 from bitro.errors import InputError
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -319,25 +319,6 @@ def check_versions(
 # --------------------------------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in chunks (never the whole file in memory)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def combined_sha256(paths: Sequence[Path]) -> str:
-    """sha256 over several files in name order: what ``embeddings.json`` records for sharded weights."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def read_sha256sums(path: Path) -> dict[str, str]:
     """File name (relative to the file's folder) → sha256, from ``sha256sum`` output.
 
@@ -481,7 +462,7 @@ def _compare(spec: WeightsSpec, path: Path, actual: str, wanted: list[tuple[str,
 
 
 def _compare_combined(spec: WeightsSpec) -> Result:
-    actual = combined_sha256(spec.weights)
+    actual = files_sha256(spec.weights)
     names = ", ".join(p.name for p in sorted(spec.weights))
     if actual == str(spec.expected).lower():
         return Result(

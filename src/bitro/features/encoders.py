@@ -16,7 +16,6 @@ pooling; register tokens excluded) or the CLS token.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from bitro._hashing import files_sha256
 from bitro.errors import InputError, MissingInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,16 +39,6 @@ DINOV3_HELP = (
     "facebook/dinov3-vitl16-pretrain-lvd1689m (Hugging Face, after accepting Meta's licence), or name "
     "another local directory in the config (features.weights)"
 )
-
-
-def weights_sha256(paths: list[Path]) -> str:
-    """sha256 over the weight files, in name order (what ``embeddings.json`` records)."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def preprocess(crops: np.ndarray, size: int) -> torch.Tensor:
@@ -109,7 +99,7 @@ class DINOv3Encoder:
             raise InputError(folder, f"DINOv3 weights do not fit the architecture: {problems}")
         self.model = model.eval().to(self.device)
         self.dim = int(model.config.hidden_size)
-        self.sha256 = weights_sha256(weights)
+        self.sha256 = files_sha256(weights)
         self._registers = int(getattr(model.config, "num_register_tokens", 0))
 
     @property
@@ -160,7 +150,7 @@ class EfficientNetEncoder:
 
         weights = Path(self.path) if self.path is not None else packaged_weights()
         self.model = load_efficientnet_lite0(weights).to(self.device)
-        self.sha256 = weights_sha256([weights])
+        self.sha256 = files_sha256([weights])
 
     @torch.inference_mode()
     def feature_map(self, images: np.ndarray, size: int | None = None) -> torch.Tensor:

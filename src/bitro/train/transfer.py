@@ -29,7 +29,6 @@ ST → bulk and bulk → ST work the same way; a pair of cohorts is a *source* a
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import shutil
@@ -45,6 +44,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bitro._atomic import atomic_path
+from bitro._hashing import file_sha256
 from bitro.errors import InputError
 from bitro.evaluate.splits import Fold, Folds, read_folds
 from bitro.features.phenotype import Phenotypes, fit_phenotypes, read_phenotypes, write_phenotypes
@@ -144,15 +144,6 @@ class Finetuned:
     lora: LoraOptions | None
     result: TrainResult
     trainable: list[str]
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- patients
@@ -942,7 +933,6 @@ __all__ = [
     "LoraOptions",
     "PatientOverlapError",
     "check_no_shared_patients",
-    "file_sha256",
     "finetune",
     "load_transferred",
     "per_gene_tensors",
