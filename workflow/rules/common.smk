@@ -487,7 +487,13 @@ def all_targets():
         sample_dir(cohort, sample) / name
         for cohort, sheet in SAMPLES.items()
         for sample in sheet.index
-        for name in ("units.parquet", "targets.h5ad", "features.npy", "graph.npz")
+        for name in (
+            "units.parquet",
+            "cells.parquet",
+            "targets.h5ad",
+            "features.npy",
+            "graph.npz",
+        )
     ]
     cohort_tables = [
         RESULTS / cohort / name
