@@ -291,7 +291,9 @@ def test_small_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stdout
     assert lost.exists()
     assert "bitro demo --out" not in resumed.stdout and "bitro stain " not in resumed.stdout
-    commands = [line.strip() for line in resumed.stdout.splitlines() if line.strip().startswith("bitro ")]
+    # --printshellcmds prints each job's command after "Shell command: ".
+    lines = [line.strip().removeprefix("Shell command:").strip() for line in resumed.stdout.splitlines()]
+    commands = [line for line in lines if line.startswith("bitro ")]
     for verb in ("cells", "crops", "embed", "graph"):
         runs = [command for command in commands if command.startswith(f"bitro {verb} ")]
         assert len(runs) == 1 and f"/{ids['hest'][0]}/" in runs[0], (verb, runs)
