@@ -19,7 +19,8 @@ from PIL import Image
 from scipy import stats
 
 from bitro.cli import main
-from bitro.evaluate.predict import SamplePrediction, _cells_anndata, _metric_rows, _predictions_anndata
+from bitro.evaluate.metrics import metric_rows
+from bitro.evaluate.predict import SamplePrediction, _cells_anndata, _predictions_anndata
 from bitro.evaluate.splits import Fold, Folds, in_strips, leave_one_out, spatial_strips, write_folds
 from bitro.evaluate.summary import summarise_cohort
 from bitro.plot import (
@@ -127,11 +128,11 @@ def _write_fold(
     scored = predictions[predictions.obs["scored"].to_numpy()]
     truth, groups = np.asarray(scored.layers["truth"]), scored.obs["sample_id"].to_numpy()
     common = {"level": level, "spaces": spaces, "fold": fold.name}
-    rows = _metric_rows(truth, np.asarray(scored.X), GENES, groups, model="bitro", **common)
+    rows = metric_rows(truth, np.asarray(scored.X), GENES, groups, model="bitro", **common)
     if cell_truth is not None:
         pseudo.layers["truth"] = cell_truth.astype(np.float32)
         test = pseudo.obs["in_test_strip"].to_numpy() & np.isfinite(cell_truth).all(axis=1)
-        rows += _metric_rows(
+        rows += metric_rows(
             cell_truth[test],
             np.asarray(pseudo.X)[test],
             GENES,
@@ -148,9 +149,9 @@ def _write_fold(
     pseudo.write_h5ad(folder / "cells_pred.h5ad")
     table.to_csv(folder / "metrics.tsv", sep="\t", index=False)
     mean = np.broadcast_to(truth.mean(axis=0), truth.shape)
-    baselines = _metric_rows(truth, mean, GENES, groups, model="training_mean", **common)
+    baselines = metric_rows(truth, mean, GENES, groups, model="training_mean", **common)
     noisy = np.asarray(scored.X) * 1.3 + 1.0
-    baselines += _metric_rows(truth, noisy, GENES, groups, model="hest_probe", **common)
+    baselines += metric_rows(truth, noisy, GENES, groups, model="hest_probe", **common)
     pd.DataFrame(baselines).to_csv(folder / "baselines.tsv", sep="\t", index=False)
     for epoch in range(1, 7):
         val = 1.0 / epoch if epoch <= BEST_EPOCH else 1.0 / BEST_EPOCH + 0.05 * (epoch - BEST_EPOCH)

@@ -60,6 +60,34 @@ def test_patient_split_never_splits_a_patient() -> None:
     assert again == fold and patient_split("c", samples, patients, seed=4).folds[0] != fold
 
 
+def test_patient_kfold_tests_every_patient_once() -> None:
+    samples = [f"TCGA-XX-{i:04d}-01Z-00-DX{j}" for i in range(12) for j in (1, 2) if j == 1 or i < 3]
+    patients = [s[:12] for s in samples]
+    folds = patient_split("c", samples, patients, n_folds=5, seed=0)
+    assert folds.names == [f"fold{k}" for k in range(5)] and folds.params["n_folds"] == 5
+    tested = [s for fold in folds.folds for s in fold.test]
+    assert sorted(tested) == sorted(samples)  # every slide tested exactly once
+    for fold in folds.folds:
+        sides = [{s[:12] for s in side} for side in _sides(fold)]
+        assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+        assert sides[0] | sides[1] | sides[2] == set(patients)
+        assert len(sides[2]) in (2, 3) and len(sides[1]) == 2  # 12 patients: 4:1, then a fifth validates
+    # The test groups are scikit-learn's KFold of the patients (the library, not a hand-made deal).
+    from sklearn.model_selection import KFold
+
+    keys = np.array(sorted(set(patients)))
+    expected = [set(keys[test]) for _, test in KFold(5, shuffle=True, random_state=0).split(keys)]
+    assert [{s[:12] for s in fold.test} for fold in folds.folds] == expected
+    again = patient_split("c", samples, patients, n_folds=5, seed=0)
+    assert again == folds and patient_split("c", samples, patients, n_folds=5, seed=1) != folds
+    with pytest.raises(ValueError, match="at least 7 patients"):
+        patient_split("c", samples[:6], patients[:6], n_folds=5)
+    # One split (the paper's) is unchanged by the option.
+    assert patient_split("c", samples, patients, seed=2) == patient_split(
+        "c", samples, patients, n_folds=1, seed=2
+    )
+
+
 def test_strips_partition_x_and_training_units_avoid_other_strips() -> None:
     folds = spatial_strips("x", {"X1": (0.0, 1000.0)}, n_strips=5)
     tests = [f.strips["X1"]["test"][0] for f in folds.folds]

@@ -19,7 +19,7 @@ from scipy import sparse, stats
 
 from bitro.demo import demo_sample_ids, preset
 from bitro.evaluate.splits import read_folds
-from bitro.features.embed import read_embeddings
+from bitro.features.embeddings import read_embeddings
 from bitro.features.graph import read_graph
 from bitro.io import read_sample
 from bitro.preprocess.cells import read_cells
@@ -80,8 +80,33 @@ def test_each_cohort_is_a_target_of_its_own() -> None:
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
     bulk_slides = len((ROOT / "config" / "samples" / "demo_bulk.tsv").read_text().strip().splitlines()) - 1
-    assert counts["demo_bulk"] == 1 and counts["train"] == counts["predict"] == 1
+    # The demo cross-validates its 10 bulk patients 5-fold (config/config.yaml).
+    assert counts["demo_bulk"] == 1 and counts["train"] == counts["predict"] == counts["baselines"] == 5
     assert counts["embed"] == bulk_slides and "transfer_finetune" not in counts
+
+
+def test_cohort_training_overrides_and_out_of_fold_pooling_reach_the_commands() -> None:
+    """The bulk cohort's own `training` goes to its train jobs only; its 5 folds pool into the summaries."""
+    done = snakemake(ROOT, "demo_bulk", "demo_st", "--dry-run", "--forceall", "--printshellcmds")
+    assert done.returncode == 0, done.stdout
+    commands = [line for line in done.stdout.splitlines() if line.startswith("Shell command: bitro ")]
+
+    def settings(command: str) -> dict:
+        return json.loads(command.split("--params-json '")[1].split("'")[0])["training"]
+
+    trains = {c.split("--samples-dir results/")[1].split("/")[0]: c for c in commands if "bitro train " in c}
+    assert (
+        settings(trains["demo_bulk"])["max_epochs"] == 40 and settings(trains["demo_bulk"])["patience"] == 10
+    )
+    assert settings(trains["demo_st"])["max_epochs"] == 15 and settings(trains["demo_st"])["patience"] == 4
+    folds = [c for c in commands if "bitro folds --cohort demo_bulk" in c]
+    assert len(folds) == 1 and "--bulk-folds 5" in folds[0]
+    (bulk_summary,) = [c for c in commands if "bitro summarise" in c and "results/demo_bulk/fold0/" in c]
+    pooled = bulk_summary.split("--predictions ")[1].split(" --")[0].split()
+    assert pooled == [f"results/demo_bulk/fold{k}/predictions.h5ad" for k in range(5)]
+    assert "--baseline-predictions results/demo_bulk/fold0/baselines.h5ad" in bulk_summary
+    (st_summary,) = [c for c in commands if "bitro summarise" in c and "results/demo_st/fold0/" in c]
+    assert "--predictions  --baseline-predictions  --out" in st_summary  # leave-one-out does not pool
 
 
 @pytest.mark.parametrize(
@@ -207,6 +232,14 @@ def check_evaluation(results: Path) -> None:
                 assert "cell" in set(table["level"]) and "truth" in cells.layers
             baselines = pd.read_csv(folder / "baselines.tsv", sep="\t")
             assert {"training_mean", "hest_probe", "mlp", "oracle_composition"} <= set(baselines["model"])
+            # baselines.h5ad holds the predictions baselines.tsv scored.
+            units = ad.read_h5ad(folder / "baselines.h5ad")
+            assert set(units.obs["sample_id"]) == set(fold.test) and units.var_names.tolist() == genes
+            for name in ("training_mean", "mlp"):
+                mine = baselines[(baselines["model"] == name) & baselines["space"].str.startswith("log1p")]
+                error = np.log1p(units.layers[name]) - np.log1p(units.layers["truth"])
+                if row["scope"] == "pooled":
+                    assert np.isclose(mine["rmse"].iloc[0], np.sqrt(np.mean(error**2)), rtol=1e-5)
         summary = pd.read_csv(cohort / "metrics.tsv", sep="\t")
         assert summary["fold"].tolist()[-2:] == ["mean", "std"]
         assert len(summary) == summary.groupby(["level", "space"]).ngroups * (len(folds.folds) + 2)

@@ -300,7 +300,7 @@ def _usage_error(verb: str, message: str) -> NoReturn:
 def _cmd_reduce(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from bitro.features.embed import read_embeddings
+    from bitro.features.embeddings import read_embeddings
     from bitro.features.reduce import fit_pca
 
     embeddings, _ = read_embeddings(args.embeddings)

@@ -66,13 +66,12 @@ rule predict_ablation:
 
 rule ablation_metrics:
     input:
-        lambda wc: [
-            ablation_fold_dir(
-                SimpleNamespace(variant=wc.variant, cohort=wc.cohort, fold=fold)
-            )
-            / "metrics.tsv"
-            for fold in fold_names(wc.cohort)
-        ],
+        metrics=lambda wc: ablation_fold_files(wc, "metrics.tsv"),
+        predictions=lambda wc: (
+            ablation_fold_files(wc, "predictions.h5ad")
+            if out_of_fold(wc.cohort)
+            else []
+        ),
     output:
         ABLATION_DIR / "metrics.tsv",
     log:
@@ -84,7 +83,8 @@ rule ablation_metrics:
         mem_mb=2000,
         runtime=10,
     shell:
-        "bitro summarise --metrics {input} --out {output} > {log} 2>&1"
+        "bitro summarise --metrics {input.metrics} --predictions {input.predictions} "
+        "--out {output} > {log} 2>&1"
 
 
 rule ablations:

@@ -45,12 +45,14 @@ rule folds:
         level=lambda wc: COHORTS[wc.cohort]["level"],
         group_by=lambda wc: st_group_by(wc.cohort),
         test_fraction=EVALUATION["bulk_test_fraction"],
+        bulk_folds=EVALUATION["bulk_folds"],
         n_strips=EVALUATION["xenium_strips"],
         seed=EVALUATION["seed"],
         samples_dir=samples_dir,
     shell:
         "bitro folds --cohort {wildcards.cohort} --level {params.level} --sample-sheet {input.sheet} "
         "--group-by {params.group_by} --test-fraction {params.test_fraction} "
+        "--bulk-folds {params.bulk_folds} "
         "--n-strips {params.n_strips} --seed {params.seed} --samples-dir {params.samples_dir} "
         "--out {output} > {log} 2>&1"
 

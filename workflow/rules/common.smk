@@ -193,6 +193,17 @@ EVALUATION = config["evaluation"]
 TRAINING = config["training"]
 
 
+def cohort_training(cohort):
+    """The training settings of one cohort: ``training`` with the cohort's own ``training`` over it."""
+    return TRAINING | COHORTS[cohort].get("training", {})
+
+
+def training_settings(wildcards):
+    return json.dumps(
+        {"model": config["model"], "training": cohort_training(wildcards.cohort)}
+    )
+
+
 def fold_dir(wildcards):
     return RESULTS / wildcards.cohort / wildcards.fold
 
@@ -209,7 +220,7 @@ def fold_names(cohort):
     """The folds folds.json will hold, known from the sample sheet before it is written."""
     level = COHORTS[cohort]["level"]
     if level == "bulk":
-        return ["fold0"]
+        return [f"fold{k}" for k in range(EVALUATION["bulk_folds"])]
     if level == "xenium":
         return [f"fold{k}" for k in range(EVALUATION["xenium_strips"])]
     sheet = SAMPLES[cohort]
@@ -279,6 +290,22 @@ def fold_files(cohort, name):
     return [RESULTS / cohort / fold / name for fold in fold_names(cohort)]
 
 
+def out_of_fold(cohort):
+    """A K-fold bulk cohort tests every slide once, so its folds' test predictions pool (summary.py)."""
+    return COHORTS[cohort]["level"] == "bulk" and EVALUATION["bulk_folds"] > 1
+
+
+def out_of_fold_files(name):
+    """Input function: ``name`` of every fold of a K-fold bulk cohort, else nothing."""
+
+    def files(wildcards):
+        return (
+            fold_files(wildcards.cohort, name) if out_of_fold(wildcards.cohort) else []
+        )
+
+    return files
+
+
 def sample_files_inputs(wildcards):
     """Every per-sample file a fold's prediction or baselines read."""
     return {
@@ -334,12 +361,21 @@ for _source, _target in TRANSFER_PAIRS:
         )
 
 
-def transfer_settings(wildcards):
+def transfer_settings(cohort):
+    """Settings of a transfer step that trains on ``cohort``; transfer.pretrain/finetune go over them."""
     # Transfer runs on per-sample features whatever the main runs use (see finetune_inputs).
-    training = TRAINING | {"feature_scope": "sample"}
+    training = cohort_training(cohort) | {"feature_scope": "sample"}
     return json.dumps(
         {"model": config["model"], "training": training, "transfer": TRANSFER}
     )
+
+
+def pretrain_settings(wildcards):
+    return transfer_settings(wildcards.source)
+
+
+def finetune_settings(wildcards):
+    return transfer_settings(wildcards.target)
 
 
 def transfer_fold_dir(wildcards):
@@ -349,6 +385,12 @@ def transfer_fold_dir(wildcards):
         / f"{wildcards.source}_to_{wildcards.target}"
         / wildcards.fold
     )
+
+
+def transfer_fold_files(wildcards, name):
+    """``name`` in every fold folder of the transfer run ``wildcards.source`` → ``wildcards.target``."""
+    run = RESULTS / "transfer" / f"{wildcards.source}_to_{wildcards.target}"
+    return [run / fold / name for fold in fold_names(wildcards.target)]
 
 
 def _as_cohort(wildcards, cohort):
@@ -391,7 +433,15 @@ def transfer_predict_inputs(wildcards):
     return inputs
 
 
-PROTOCOLS = {"st": "leave-one-out", "bulk": "patient split", "xenium": "spatial strips"}
+PROTOCOLS = {
+    "st": "leave-one-out",
+    "bulk": (
+        f"patient {EVALUATION['bulk_folds']}-fold"
+        if EVALUATION["bulk_folds"] > 1
+        else "patient split"
+    ),
+    "xenium": "spatial strips",
+}
 
 
 def cohort_summary_tables(cohort):
@@ -421,11 +471,18 @@ ABLATION_DIR = RESULTS / "ablations" / "{variant}" / "{cohort}"
 
 
 def ablation_training(wildcards):
-    return TRAINING | ABLATIONS["variants"][wildcards.variant].get("training", {})
+    variant = ABLATIONS["variants"][wildcards.variant].get("training", {})
+    return cohort_training(wildcards.cohort) | variant
 
 
 def ablation_fold_dir(wildcards):
     return RESULTS / "ablations" / wildcards.variant / wildcards.cohort / wildcards.fold
+
+
+def ablation_fold_files(wildcards, name):
+    """``name`` in every fold folder of ablation ``wildcards.variant`` of ``wildcards.cohort``."""
+    run = RESULTS / "ablations" / wildcards.variant / wildcards.cohort
+    return [run / fold / name for fold in fold_names(wildcards.cohort)]
 
 
 def ablation_train_inputs(wildcards):

@@ -35,7 +35,8 @@ rule baselines:
     input:
         unpack(baseline_inputs),
     output:
-        FOLD_DIR / "baselines.tsv",
+        metrics=FOLD_DIR / "baselines.tsv",
+        predictions=FOLD_DIR / "baselines.h5ad",
     log:
         LOGS / "baselines" / "{cohort}" / "{fold}.log",
     benchmark:
@@ -54,13 +55,16 @@ rule baselines:
     shell:
         "bitro baselines --samples-dir {params.samples_dir} --folds {input.folds} "
         "--fold {wildcards.fold} --genes {input.genes} {params.truth} "
-        "--mlp-epochs {params.mlp_epochs} --seed {params.seed} --out {output} > {log} 2>&1"
+        "--mlp-epochs {params.mlp_epochs} --seed {params.seed} --out {output.metrics} "
+        "--predictions-out {output.predictions} > {log} 2>&1"
 
 
 rule cohort_metrics:
     input:
         metrics=lambda wc: fold_files(wc.cohort, "metrics.tsv"),
         baselines=lambda wc: fold_files(wc.cohort, "baselines.tsv"),
+        predictions=out_of_fold_files("predictions.h5ad"),
+        baseline_predictions=out_of_fold_files("baselines.h5ad"),
     output:
         metrics=COHORT_DIR / "metrics.tsv",
         baselines=COHORT_DIR / "baselines.tsv",
@@ -74,6 +78,7 @@ rule cohort_metrics:
         runtime=10,
     shell:
         "bitro summarise --metrics {input.metrics} --baselines {input.baselines} "
+        "--predictions {input.predictions} --baseline-predictions {input.baseline_predictions} "
         "--out {output.metrics} --baselines-out {output.baselines} > {log} 2>&1"
 
 

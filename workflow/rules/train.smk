@@ -27,7 +27,7 @@ rule train:
             f"--basis {input.basis}" if "basis" in input.keys() else ""
         ),
         zscore="" if TRAINING["zscore"] else "--no-zscore",
-        settings=lambda wc: json.dumps({"model": config["model"], "training": TRAINING}),
+        settings=training_settings,
         device="cuda" if TRAINING["gpu"] else "cpu",
     shell:
         "bitro train --samples-dir {params.samples_dir} --folds {input.folds} --fold {wildcards.fold} "

@@ -25,7 +25,7 @@ rule transfer_pretrain:
         / f"{wc.source}_to_{wc.target}"
         / "pretrain",
         zscore="" if TRAINING["zscore"] else "--no-zscore",
-        settings=transfer_settings,
+        settings=pretrain_settings,
         device="cuda" if TRAINING["gpu"] else "cpu",
     shell:
         "bitro transfer-pretrain --source-samples-dir {params.source_samples} "
@@ -61,7 +61,7 @@ rule transfer_finetune:
         out_dir=transfer_fold_dir,
         mode=TRANSFER["mode"],
         zscore="" if TRAINING["zscore"] else "--no-zscore",
-        settings=transfer_settings,
+        settings=finetune_settings,
         device="cuda" if TRAINING["gpu"] else "cpu",
     shell:
         "bitro transfer --pretrain-dir {params.pretrain_dir} --target-samples-dir {params.target_samples} "
@@ -101,10 +101,12 @@ rule transfer_predict:
 
 rule transfer_metrics:
     input:
-        lambda wc: [
-            RESULTS / "transfer" / f"{wc.source}_to_{wc.target}" / fold / "metrics.tsv"
-            for fold in fold_names(wc.target)
-        ],
+        metrics=lambda wc: transfer_fold_files(wc, "metrics.tsv"),
+        predictions=lambda wc: (
+            transfer_fold_files(wc, "predictions.h5ad")
+            if out_of_fold(wc.target)
+            else []
+        ),
     output:
         TRANSFER_DIR / "metrics.tsv",
     log:
@@ -116,4 +118,5 @@ rule transfer_metrics:
         mem_mb=2000,
         runtime=10,
     shell:
-        "bitro summarise --metrics {input} --out {output} > {log} 2>&1"
+        "bitro summarise --metrics {input.metrics} --predictions {input.predictions} "
+        "--out {output} > {log} 2>&1"

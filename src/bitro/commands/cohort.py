@@ -74,7 +74,12 @@ def _cmd_folds(args: argparse.Namespace) -> None:
         if patients is None:
             raise SystemExit(f"{args.sample_sheet}: a bulk split needs a patient_id column")
         folds = patient_split(
-            args.cohort, samples, patients, test_fraction=args.test_fraction, seed=args.seed
+            args.cohort,
+            samples,
+            patients,
+            test_fraction=args.test_fraction,
+            n_folds=args.bulk_folds,
+            seed=args.seed,
         )
     else:
         folds = spatial_strips(args.cohort, _cell_extents(args.samples_dir, samples), n_strips=args.n_strips)
@@ -83,7 +88,7 @@ def _cmd_folds(args: argparse.Namespace) -> None:
 
 
 def _fold_embeddings(args: argparse.Namespace, samples: list[str]) -> dict[str, np.ndarray]:
-    from bitro.features.embed import read_embeddings
+    from bitro.features.embeddings import read_embeddings
 
     return {
         s: read_embeddings(p / "embeddings.npy")[0] for s, p in sample_dirs(args.samples_dir, samples).items()
@@ -142,13 +147,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
     genes.set_defaults(func=_cmd_genes)
 
     folds = verbs.add_parser(
-        "folds", help="write folds.json: loo (ST), patient split (bulk), strips (Xenium)"
+        "folds", help="write folds.json: loo (ST), patient split or K-fold (bulk), strips (Xenium)"
     )
     folds.add_argument("--cohort", required=True)
     folds.add_argument("--level", choices=LEVELS, required=True)
     folds.add_argument("--sample-sheet", required=True)
     folds.add_argument("--group-by", choices=("sample", "patient"), default="sample")
-    folds.add_argument("--test-fraction", type=float, default=0.2)
+    folds.add_argument("--test-fraction", type=float, default=0.2, help="bulk, one split: patients tested")
+    folds.add_argument(
+        "--bulk-folds", type=int, default=1, help="bulk: 1 = one seeded split; K >= 2 = K-fold over patients"
+    )
     folds.add_argument("--n-strips", type=int, default=5)
     folds.add_argument("--samples-dir", help="results/<cohort>/samples (Xenium: the cells give each extent)")
     folds.add_argument("--seed", type=int, default=0)

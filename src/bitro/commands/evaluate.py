@@ -57,6 +57,7 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
         truth=truth,
         mlp_epochs=args.mlp_epochs,
         seed=args.seed,
+        predictions_out=args.predictions_out,
     )
     log.info(
         "%s:\n%s", args.fold, table[["model", "space", "pcc_overall", "pcc_gene"]].to_string(index=False)
@@ -66,7 +67,14 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
 def _cmd_summarise(args: argparse.Namespace) -> None:
     from bitro.evaluate.summary import summarise_cohort
 
-    summarise_cohort(args.metrics, args.out, baselines=args.baselines, baselines_out=args.baselines_out)
+    summarise_cohort(
+        args.metrics,
+        args.out,
+        baselines=args.baselines,
+        baselines_out=args.baselines_out,
+        predictions=args.predictions,
+        baseline_predictions=args.baseline_predictions,
+    )
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -98,6 +106,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     baselines.add_argument("--mlp-epochs", type=int, default=30)
     baselines.add_argument("--seed", type=int, default=0)
     baselines.add_argument("--out", required=True)
+    baselines.add_argument("--predictions-out", help="baselines.h5ad: the test units' predictions")
     baselines.set_defaults(func=_cmd_baselines)
 
     summary = verbs.add_parser("summarise", help="a cohort's metrics.tsv: every fold, then mean and std")
@@ -105,6 +114,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     summary.add_argument("--baselines", nargs="*", default=[], help="each fold's baselines.tsv")
     summary.add_argument("--out", required=True)
     summary.add_argument("--baselines-out")
+    summary.add_argument(
+        "--predictions", nargs="*", default=[], help="K-fold bulk: each fold's predictions.h5ad (out_of_fold)"
+    )
+    summary.add_argument("--baseline-predictions", nargs="*", default=[], help="each fold's baselines.h5ad")
     summary.set_defaults(func=_cmd_summarise)
     register_summary(verbs)
 

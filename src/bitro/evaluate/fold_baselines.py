@@ -32,9 +32,9 @@ from bitro.evaluate.baselines import (
     TrainingMean,
     unit_mean_embeddings,
 )
-from bitro.evaluate.predict import _metric_rows
+from bitro.evaluate.metrics import metric_rows
 from bitro.evaluate.splits import Fold, in_strips, read_folds
-from bitro.features.embed import read_embeddings
+from bitro.features.embeddings import read_embeddings
 from bitro.genes.selection import align_genes, read_gene_list
 from bitro.preprocess.cells import assign_units, read_cells
 from bitro.preprocess.units import read_units
@@ -50,6 +50,7 @@ class UnitTable:
     composition: np.ndarray | None
     targets: np.ndarray
     groups: np.ndarray
+    names: np.ndarray
 
 
 def _composition(truth: Path, units: pd.DataFrame, types: Sequence[str], *, bulk: bool) -> np.ndarray:
@@ -87,7 +88,8 @@ def _sample_units(
         inside = unit_of_cell >= 0
         means = unit_mean_embeddings(embeddings[inside], np.zeros(int(inside.sum()), np.int64), 1).means
         composition = _composition(truth, units, cell_types, bulk=True) if truth else None
-        return UnitTable(means, composition, np.asarray(values, np.float64), np.array([folder.name]))
+        name = np.array([folder.name])
+        return UnitTable(means, composition, np.asarray(values, np.float64), name, name)
     means = unit_mean_embeddings(embeddings, unit_of_cell, len(units))
     keep = means.n_cells > 0
     roles = ("train", "validation") if role == "train" else ("test",)
@@ -103,6 +105,7 @@ def _sample_units(
         composition,
         np.asarray(values, np.float64)[keep],
         np.repeat(folder.name, keep.sum()),
+        np.array([f"{folder.name}:{u}" for u in units["unit_id"].to_numpy()[keep]]),
     )
 
 
@@ -113,6 +116,7 @@ def _stack(tables: Sequence[UnitTable]) -> UnitTable:
         None if any(c is None for c in compositions) else np.concatenate(compositions),
         np.concatenate([t.targets for t in tables]),
         np.concatenate([t.groups for t in tables]),
+        np.concatenate([t.names for t in tables]),
     )
 
 
@@ -126,10 +130,14 @@ def baseline_fold(
     truth: Mapping[str, Path] | None = None,
     mlp_epochs: int = 30,
     seed: int = 0,
+    predictions_out: str | Path | None = None,
 ) -> pd.DataFrame:
     """Fit and score every baseline on ``fold_name``; writes ``out`` (``baselines.tsv``) and returns it.
 
     ``truth`` maps each sample to the demo's ``truth/{sample}_cells.h5ad`` (enables the oracle).
+    ``predictions_out`` (``baselines.h5ad``) receives the test units' predictions: ``X`` and
+    ``layers["truth"]`` the measured expression, ``layers[model]`` each baseline's prediction (counts or
+    TPM, like ``predictions.h5ad``), ``obs["sample_id"]``, and ``uns["bitro"]`` the fold, level and spaces.
     """
     samples_dir = Path(samples_dir)
     fold = read_folds(folds_path).fold(fold_name)
@@ -161,16 +169,31 @@ def baseline_fold(
     if train.composition is not None and test.composition is not None:
         models["oracle_composition"] = (OracleComposition(), "composition")
     rows = []
+    predictions: dict[str, np.ndarray] = {}
     y_train = np.log1p(train.targets)
     for name, (model, features) in models.items():
         x_train, x_test = getattr(train, features), getattr(test, features)
         usable = np.isfinite(x_train).all(axis=1)
         model.fit(x_train[usable], y_train[usable], groups=train.groups[usable])
         predicted = np.clip(np.expm1(model.predict(x_test)), 0.0, None)
+        predictions[name] = predicted
         labels = {"level": level, "spaces": spaces, "model": name, "fold": fold_name}
-        rows += _metric_rows(test.targets, predicted, genes, test.groups, **labels)
+        rows += metric_rows(test.targets, predicted, genes, test.groups, **labels)
         log.info("%s %s: done", fold_name, name)
     table = pd.DataFrame(rows)
+    if predictions_out is not None:
+        obs = pd.DataFrame({"sample_id": pd.Categorical(test.groups)}, index=pd.Index(test.names, dtype=str))
+        adata = ad.AnnData(
+            X=test.targets.astype(np.float32),
+            obs=obs,
+            var=pd.DataFrame(index=pd.Index(genes, dtype=str)),
+            layers={"truth": test.targets.astype(np.float32)}
+            | {name: values.astype(np.float32) for name, values in predictions.items()},
+        )
+        info = {"fold": fold_name, "level": level, "spaces": spaces, "models": list(predictions)}
+        adata.uns["bitro"] = info
+        with atomic_path(predictions_out) as tmp:
+            adata.write_h5ad(tmp)
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return table

@@ -669,3 +669,30 @@ def summarise_folds(
             summary["std"][col] = table[col].iloc[0] if same else None
     extra = pd.DataFrame.from_dict(summary, orient="index")
     return pd.concat([table, extra[table.columns]], axis=0)
+
+
+def metric_rows(
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    genes: Sequence[str],
+    groups: np.ndarray,
+    *,
+    level: str,
+    spaces: Sequence[str],
+    model: str,
+    fold: str,
+) -> list[dict[str, object]]:
+    """The rows of a ``metrics.tsv`` for one model's predictions of one fold, one row per space.
+
+    ``truth`` and ``prediction`` are in counts or TPM; a space named ``log1p …`` scores their log1p.
+    Spots and cells are scored within each test sample (``groups``), then averaged, even when a fold tests
+    one sample, so every fold of a cohort has the same scope; bulk slides (``level="slide"``) are one unit
+    each, so their metrics are pooled over the slides.
+    """
+    rows = []
+    for space in spaces:
+        t, p = (np.log1p(truth), np.log1p(prediction)) if space.startswith("log1p") else (truth, prediction)
+        scope = "pooled" if level == "slide" else "per_sample"
+        result = evaluate(t, p, space=space, genes=genes, groups=groups if scope == "per_sample" else None)
+        rows.append(result.record(fold=fold, model=model, level=level))
+    return rows

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from bitro._atomic import atomic_path
-from bitro.evaluate.metrics import evaluate
+from bitro.evaluate.metrics import metric_rows
 from bitro.evaluate.splits import Fold, in_strips, read_folds
 from bitro.features.phenotype import Phenotypes
 from bitro.features.reduce import read_basis
@@ -145,28 +145,6 @@ def _phenotypes(meta: dict[str, Any]) -> Phenotypes | None:
     return Phenotypes(np.asarray(record["centroids"], np.float64), tuple(record["train_samples"]))
 
 
-def _metric_rows(
-    truth: np.ndarray,
-    prediction: np.ndarray,
-    genes: Sequence[str],
-    groups: np.ndarray,
-    *,
-    level: str,
-    spaces: Sequence[str],
-    model: str,
-    fold: str,
-) -> list[dict[str, Any]]:
-    rows = []
-    for space in spaces:
-        t, p = (np.log1p(truth), np.log1p(prediction)) if space.startswith("log1p") else (truth, prediction)
-        # Spots and cells are scored within each test sample, then averaged, even when a fold tests one
-        # sample, so every fold of a cohort has the same scope; bulk slides are one unit each: pooled.
-        scope = "pooled" if level == "slide" else "per_sample"
-        result = evaluate(t, p, space=space, genes=genes, groups=groups if scope == "per_sample" else None)
-        rows.append(result.record(fold=fold, model=model, level=level))
-    return rows
-
-
 def _xenium_truth(
     cell_ids: np.ndarray, genes: Sequence[str], measured: ad.AnnData, source: str
 ) -> np.ndarray:
@@ -230,7 +208,7 @@ def predict_fold(
     unit_level = "slide" if transform.space == "tpm" else "spot"
     spaces = ["log1p TPM", "TPM"] if transform.space == "tpm" else ["log1p counts"]
     scored = predictions[predictions.obs["scored"].to_numpy()]
-    rows = _metric_rows(
+    rows = metric_rows(
         np.asarray(scored.layers["truth"]),
         np.asarray(scored.X),
         genes,
@@ -254,7 +232,7 @@ def predict_fold(
         )
         cells_pred.layers["truth"] = truth.astype(np.float32)
         test = cells_pred.obs["in_test_strip"].to_numpy() & np.isfinite(truth).all(axis=1)
-        rows += _metric_rows(
+        rows += metric_rows(
             truth[test],
             np.asarray(cells_pred.X)[test],
             genes,

@@ -12,7 +12,11 @@ samples are touched once, at the end.
   other strips, so early stopping never sees the test group.
 - ``patient`` (bulk): a seeded 4:1 split of patients (TCGA: the first 12 characters of the barcode,
   PITFALLS 2), all of a patient's slides following the patient; validation is a seeded fifth of the
-  training patients.
+  training patients. That is the paper's one-pass protocol for cohorts of hundreds of patients. With
+  ``n_folds`` K ≥ 2 the patients are dealt into K seeded groups instead (K-fold cross-validation; K = 5 is
+  the same 4:1 ratio) and fold *k* tests group *k*, so every patient is tested exactly once: on a cohort of
+  tens of patients one 4:1 split tests a handful of slides, and the pooled out-of-fold predictions are
+  what a per-gene correlation needs.
 - ``strips`` (Xenium): each slide is cut into ``n_strips`` strips of equal width along x; fold *k* tests on
   the cells of strip *k* and trains on the pseudo-spots lying wholly inside the other strips (units that
   straddle a test strip's edge are dropped from training, so no test cell ever contributes to a training
@@ -134,26 +138,46 @@ def patient_split(
     *,
     test_fraction: float = 0.2,
     validation_fraction: float = 0.2,
+    n_folds: int = 1,
     seed: int = 0,
 ) -> Folds:
-    """A seeded split of patients into train / validation / test (bulk; module docstring)."""
+    """Seeded patient folds (bulk; module docstring): one 4:1 split, or K-fold with ``n_folds`` ≥ 2."""
     groups = _groups(samples, patients)
     keys = np.array(list(groups))
     if len(keys) < 3:
         raise ValueError(f"a patient split needs at least 3 patients; {cohort} has {len(keys)}")
+    if n_folds < 1:
+        raise ValueError(f"n_folds must be at least 1, got {n_folds}")
+    if n_folds > 1 and len(keys) < n_folds + 2:
+        raise ValueError(
+            f"{n_folds}-fold patient cross-validation needs at least {n_folds + 2} patients "
+            f"(each fold also trains and validates); {cohort} has {len(keys)}"
+        )
     rng = np.random.default_rng(seed)
-    order = keys[rng.permutation(len(keys))]
-    n_test = min(max(1, round(test_fraction * len(keys))), len(keys) - 2)
-    test, rest = order[:n_test], order[n_test:]
-    n_val = min(max(1, round(validation_fraction * len(rest))), len(rest) - 1)
-    validation, train = rest[:n_val], rest[n_val:]
 
     def members(chosen: np.ndarray) -> list[str]:
         return sorted(s for key in chosen for s in groups[key])
 
-    fold = Fold("fold0", train=members(train), validation=members(validation), test=members(test))
-    params = {"test_fraction": test_fraction, "validation_fraction": validation_fraction, "seed": seed}
-    return Folds(cohort, "patient", [fold], params)
+    def fold(name: str, test: np.ndarray, rest: np.ndarray) -> Fold:
+        n_val = min(max(1, round(validation_fraction * len(rest))), len(rest) - 1)
+        return Fold(name, train=members(rest[n_val:]), validation=members(rest[:n_val]), test=members(test))
+
+    params: dict[str, Any] = {"validation_fraction": validation_fraction, "seed": seed}
+    if n_folds == 1:
+        order = keys[rng.permutation(len(keys))]
+        n_test = min(max(1, round(test_fraction * len(keys))), len(keys) - 2)
+        folds = [fold("fold0", order[:n_test], order[n_test:])]
+        params["test_fraction"] = test_fraction
+    else:
+        from sklearn.model_selection import KFold
+
+        splitter = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        folds = [
+            fold(f"fold{k}", keys[test], keys[rest][rng.permutation(len(rest))])
+            for k, (rest, test) in enumerate(splitter.split(keys))
+        ]
+        params["n_folds"] = n_folds
+    return Folds(cohort, "patient", folds, params)
 
 
 def spatial_strips(cohort: str, extents: Mapping[str, tuple[float, float]], *, n_strips: int = 5) -> Folds:

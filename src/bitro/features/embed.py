@@ -22,9 +22,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from bitro._atomic import atomic_path
-from bitro.errors import InputError
+from bitro.features.embeddings import read_embeddings
 from bitro.features.encoders import Encoder
 from bitro.preprocess.crops import read_crops
+
+__all__ = ["embed_crops", "read_embeddings"]
 
 
 class _ChunkDataset(Dataset):
@@ -133,17 +135,3 @@ def _resume_state(partial: Path, sidecar: Path, describe: dict[str, Any]) -> set
     partial.unlink(missing_ok=True)
     sidecar.unlink(missing_ok=True)
     return set()
-
-
-def read_embeddings(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """``embeddings.npy`` (memory-mapped) and its description."""
-    path = Path(path)
-    if not path.is_file() or not path.with_suffix(".json").is_file():
-        raise InputError(path, "embeddings (.npy and .json) not found")
-    describe = json.loads(path.with_suffix(".json").read_text())
-    array = np.load(path, mmap_mode="r")
-    if array.shape != (describe["n_cells"], describe["dim"]):
-        raise InputError(
-            path, f"shape {array.shape} disagrees with its .json ({describe['n_cells']} × {describe['dim']})"
-        )
-    return array, describe

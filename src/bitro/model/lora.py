@@ -23,7 +23,6 @@ import os
 from dataclasses import asdict, dataclass
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -96,6 +95,9 @@ def apply_lora(
             raise ValueError(f"LoRA target {name!r} is not an nn.Linear of the model")
     if not targets:
         raise ValueError("no LoRA target modules")
+    # peft (and the transformers it imports) costs a second at start-up: only fine-tuning needs it.
+    from peft import LoraConfig, inject_adapter_in_model
+
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
     inject_adapter_in_model(config, model)
     for name, param in model.named_parameters():

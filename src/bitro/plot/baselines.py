@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bitro.evaluate.summary import NOT_FOLDS
 from bitro.io.validate import require_file
 from bitro.plot._figure import DPI, new_figure, save_png
 
@@ -35,7 +36,7 @@ def mean_std(tables: Sequence[pd.DataFrame], metrics: Sequence[str]) -> pd.DataF
         for (model, level, space), group in table.groupby(["model", "level", "space"], sort=False):
             fold = group["fold"].astype(str)
             mean, std = group[fold == "mean"], group[fold == "std"]
-            n_folds = int((~fold.isin(["mean", "std"])).sum())
+            n_folds = int((~fold.isin(NOT_FOLDS)).sum())
             for metric in metrics:
                 if metric not in group or mean.empty:
                     continue

@@ -100,7 +100,10 @@ def cohort_folds(cohort_dir: str | os.PathLike[str]) -> list[str]:
 
 def _protocol(cohort_dir: Path, level: str) -> str:
     if (cohort_dir / "folds.json").is_file():
-        return PROTOCOLS.get(read_folds(cohort_dir / "folds.json").protocol, LEVEL_PROTOCOLS[level])
+        folds = read_folds(cohort_dir / "folds.json")
+        if folds.protocol == "patient" and folds.params.get("n_folds", 1) > 1:
+            return f"patient {folds.params['n_folds']}-fold"
+        return PROTOCOLS.get(folds.protocol, LEVEL_PROTOCOLS[level])
     return LEVEL_PROTOCOLS[level]
 
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from sklearn.decomposition import MiniBatchDictionaryLearning
 
 from bitro._atomic import atomic_path
 from bitro.errors import InputError
@@ -153,6 +152,9 @@ def fit_vahadane(od: np.ndarray, *, lam: float = 0.1, seed: int = 0, max_pixels:
     Online (mini-batch) dictionary learning: the same objective as batch learning, about 20× faster
     on 10⁴ pixels and within a degree of it.
     """
+    # Only fitting needs scikit-learn; the jobs that apply a fitted stain model skip its import.
+    from sklearn.decomposition import MiniBatchDictionaryLearning
+
     od = _subsample(od, max_pixels, seed)
     learner = MiniBatchDictionaryLearning(
         n_components=2,

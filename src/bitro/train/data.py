@@ -22,7 +22,7 @@ import anndata as ad
 import numpy as np
 
 from bitro.errors import InputError
-from bitro.features.embed import read_embeddings
+from bitro.features.embeddings import read_embeddings
 from bitro.features.graph import UnitGraphs, read_graph
 from bitro.features.phenotype import Phenotypes
 from bitro.features.reduce import PCABasis
