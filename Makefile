@@ -35,11 +35,16 @@ ablations: $(STAMP)
 	$(RUN) $(BIN)/snakemake ablations --cores $(CORES) --max-threads $(DEMO_THREADS) --configfile config/config.yaml
 	@column -t -s "$$(printf '\t')" results/ablations/table.tsv
 
+# Two pytest workers (pytest-xdist): most tests are single-threaded, so on 2 cores the suite takes about
+# half the time; the slow workflow tests are started first (tests/conftest.py) so neither worker idles
+# at the end. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(RUN) $(BIN)/python -m pytest
+	$(RUN) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: $(STAMP)
-	$(RUN) $(BIN)/python -m pytest -m "not slow"
+	$(RUN) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -88,3 +88,9 @@ def small_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("small_demo")
     summary = generate_demo(out, config=preset("small", seed=3), progress=False)
     return out, summary
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the slow end-to-end tests first: with two xdist workers, the long ones then overlap the rest
+    of the suite instead of running alone at its end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

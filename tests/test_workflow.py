@@ -129,6 +129,15 @@ def test_bad_config_or_sample_sheet_is_rejected(
     assert all(message in done.stdout for message in messages), done.stdout
 
 
+def test_a_cohort_training_block_takes_only_per_cohort_settings(tmp_path: Path) -> None:
+    """zscore and the feature scope shape shared files and jobs: a cohort cannot override them."""
+    cohort = {"level": "bulk", "format": "tcga", "root": "data", "samples": "s.tsv"}
+    config = {"cohorts": {"c1": cohort | {"training": {"max_epochs": 40, "zscore": False}}}}
+    write_project(tmp_path, config, {"s.tsv": "sample_id\tpatient_id\nA\tP\n"})
+    done = snakemake(tmp_path, "--dry-run")
+    assert done.returncode != 0 and "zscore" in done.stdout, done.stdout
+
+
 def test_real_layout_inputs_are_the_sample_files(tmp_path: Path) -> None:
     """Without the demo, a HEST sample's rule depends on its own h5ad, slide and metadata."""
     config = {"cohorts": {"c1": {"level": "st", "format": "hest", "root": "hest", "samples": "s.tsv"}}}

@@ -179,6 +179,51 @@ def inputs_fingerprint(
     return json.loads(json.dumps(record))
 
 
+def fold_record(fold: Fold) -> dict[str, Any]:
+    """A fold as ``model.json`` records it: its samples per role and, where it has them, its strips."""
+    record: dict[str, Any] = {
+        "name": fold.name,
+        "train": fold.train,
+        "validation": fold.validation,
+        "test": fold.test,
+    }
+    if fold.strips:
+        record["strips"] = fold.strips
+    return record
+
+
+def model_metadata(
+    genes: Sequence[str],
+    transform: TargetTransform,
+    phenotypes: Phenotypes | None,
+    features: dict[str, Any],
+    fold: Fold,
+    train_config: TrainConfig,
+    result: TrainResult,
+    scores: dict[str, Any],
+) -> dict[str, Any]:
+    """What every trained model's ``model.json`` records (docs/formats.md): genes, target statistics,
+    phenotype centroids, feature scope, fold, settings, how training ended and the validation scores.
+    Pretraining and fine-tuning add their own key beside these."""
+    return {
+        "genes": list(genes),
+        "transform": transform.to_dict(),
+        "phenotypes": None
+        if phenotypes is None
+        else {"centroids": phenotypes.centroids.tolist(), "train_samples": list(phenotypes.train_samples)},
+        "features": features,
+        "fold": fold_record(fold),
+        "train": train_config.to_dict(),
+        "result": {
+            "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss,
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+        },
+        "validation": scores,
+    }
+
+
 def train_fold(
     samples_dir: str | Path,
     folds_path: str | Path,
@@ -241,23 +286,8 @@ def train_fold(
     if interrupted and not result.stopped_early:
         return result  # as if killed: no model is written until the run ends
     scores = validation_scores(model, inputs, transform, device=device)
-    metadata = {
-        "genes": genes,
-        "transform": transform.to_dict(),
-        "phenotypes": None
-        if phenotypes is None
-        else {"centroids": phenotypes.centroids.tolist(), "train_samples": list(phenotypes.train_samples)},
-        "features": {"scope": scope, "basis": str(basis_path) if basis_path else None},
-        "fold": {"name": fold.name, "train": fold.train, "validation": fold.validation, "test": fold.test},
-        "train": train_config.to_dict(),
-        "result": {
-            "best_epoch": result.best_epoch,
-            "best_val_loss": result.best_val_loss,
-            "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early,
-        },
-        "validation": scores,
-    }
+    features = {"scope": scope, "basis": str(basis_path) if basis_path else None}
+    metadata = model_metadata(genes, transform, phenotypes, features, fold, train_config, result, scores)
     save_model(model, metadata, out_dir)
     log.info("%s: validation %s", fold_name, json.dumps(scores))
     return result

@@ -64,7 +64,7 @@ from bitro.model.lora import (
 from bitro.train.checkpoint import FORMAT, load_model, save_model
 from bitro.train.data import Bag, SampleData
 from bitro.train.fit import TrainConfig, TrainResult, fit
-from bitro.train.run import FoldInputs, load_fold, validation_scores
+from bitro.train.run import FoldInputs, fold_record, load_fold, model_metadata, validation_scores
 
 log = logging.getLogger("bitro")
 
@@ -586,27 +586,6 @@ def _target_rows(inputs: FoldInputs) -> np.ndarray:
     return np.stack([inputs.samples[b.sample].targets[b.target_row] for b in inputs.bags["train"]])
 
 
-def _fold_record(fold: Fold) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "name": fold.name,
-        "train": fold.train,
-        "validation": fold.validation,
-        "test": fold.test,
-    }
-    if fold.strips:
-        record["strips"] = fold.strips
-    return record
-
-
-def _result_record(result: TrainResult) -> dict[str, Any]:
-    return {
-        "best_epoch": result.best_epoch,
-        "best_val_loss": result.best_val_loss,
-        "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early,
-    }
-
-
 def pretrain(
     source_samples_dir: str | Path,
     source_genes_path: str | Path,
@@ -692,7 +671,7 @@ def pretrain(
     _clear_stale_state(
         out_dir,
         {
-            "fold": _fold_record(fold),
+            "fold": fold_record(fold),
             "genes": genes,
             "model": config.to_dict(),
             "train": train_config.to_dict(),
@@ -720,17 +699,9 @@ def pretrain(
     )
     scores = validation_scores(model, inputs, transform, device=device)
     levels = sorted({s.level for s in inputs.samples})
-    metadata = {
-        "genes": genes,
-        "transform": transform.to_dict(),
-        "phenotypes": None
-        if phenotypes is None
-        else {"centroids": phenotypes.centroids.tolist(), "train_samples": list(phenotypes.train_samples)},
-        "features": {"scope": "sample", "basis": None},
-        "fold": _fold_record(fold),
-        "train": train_config.to_dict(),
-        "result": _result_record(result),
-        "validation": scores,
+    features = {"scope": "sample", "basis": None}
+    metadata = model_metadata(genes, transform, phenotypes, features, fold, train_config, result, scores)
+    metadata |= {
         "pretrain": {
             "source_cohort": cohort,
             "source_level": levels[0] if len(levels) == 1 else levels,
@@ -894,17 +865,9 @@ def transfer_fold(
     )
     scores = validation_scores(done.model, inputs, transform, device=device)
     settings = lora_settings(done.model)
-    metadata = {
-        "genes": genes,
-        "transform": transform.to_dict(),
-        "phenotypes": None
-        if phenotypes is None
-        else {"centroids": phenotypes.centroids.tolist(), "train_samples": list(phenotypes.train_samples)},
-        "features": {"scope": "sample", "basis": None},
-        "fold": _fold_record(fold),
-        "train": train_config.to_dict(),
-        "result": _result_record(done.result),
-        "validation": scores,
+    features = {"scope": "sample", "basis": None}
+    metadata = model_metadata(genes, transform, phenotypes, features, fold, train_config, done.result, scores)
+    metadata |= {
         "transfer": {
             "mode": mode,
             "source_cohort": record["source_cohort"],
