@@ -183,12 +183,13 @@ def baseline_fold(
     table = pd.DataFrame(rows)
     if predictions_out is not None:
         obs = pd.DataFrame({"sample_id": pd.Categorical(test.groups)}, index=pd.Index(test.names, dtype=str))
+        # float64: a baseline gone wild on a tiny cohort (expm1 of a large log1p) must not overflow to inf.
         adata = ad.AnnData(
-            X=test.targets.astype(np.float32),
+            X=test.targets.astype(np.float64),
             obs=obs,
             var=pd.DataFrame(index=pd.Index(genes, dtype=str)),
-            layers={"truth": test.targets.astype(np.float32)}
-            | {name: values.astype(np.float32) for name, values in predictions.items()},
+            layers={"truth": test.targets.astype(np.float64)}
+            | {name: values.astype(np.float64) for name, values in predictions.items()},
         )
         info = {"fold": fold_name, "level": level, "spaces": spaces, "models": list(predictions)}
         adata.uns["bitro"] = info
