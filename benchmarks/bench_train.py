@@ -250,10 +250,12 @@ def child_train(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     model = BiTro(config)
     epochs = spec["epochs"] + 1  # the first is warm-up
+    steps_per_epoch = -(-len(train) // spec["batch"])
     train_config = TrainConfig(
         lr=1e-3,
-        max_epochs=epochs,
-        patience=epochs + 1,
+        max_steps=epochs * steps_per_epoch,
+        patience_steps=(epochs + 1) * steps_per_epoch,
+        eval_every_steps=1,  # a check after every epoch, timed apart from the steps
         batch_bags=spec["batch"],
         lambda_cluster=0.1,
         max_units_per_bag=64,

@@ -261,7 +261,8 @@ def test_example_dry_runs_on_stub_inputs(tmp_path: Path, example: Path) -> None:
                 assert expected <= set(job["input"].split(", ")), (expected, job["input"])
             if job["rule"] == "train":
                 assert resources(job)["gpu"] == "1" and "--device cuda" in shell
-                assert '"lr": 0.0001' in shell and '"max_epochs": 100' in shell and '"patience": 6' in shell
+                assert '"lr": 0.0001' in shell and '"max_steps": 16000' in shell
+                assert '"patience_steps": 1000' in shell
             if job["rule"] == "cells":
                 backend = "classical" if cohort["format"] == "tcga" else "precomputed"
                 assert f"--backend {backend}" in shell, shell

@@ -37,7 +37,7 @@ def _fit_fold(root: Path, out: Path) -> None:
 
 
 def _train_fold0(root: Path, out: Path, **options: object) -> None:
-    """A tiny BiTro trained for two epochs on fold0 of the cohort at ``root``."""
+    """A tiny BiTro trained for 20 steps on fold0 of the cohort at ``root``."""
     train_fold(
         root / "samples",
         root / "folds.json",
@@ -45,7 +45,7 @@ def _train_fold0(root: Path, out: Path, **options: object) -> None:
         root / "genes.txt",
         out,
         model_config={"dim": 16, "gat_heads": 2, "transformer_heads": 2, "position_dim": 4},
-        train_config=TrainConfig(max_epochs=2, batch_bags=8, lr=1e-3),
+        train_config=TrainConfig(max_steps=20, eval_every_steps=1, batch_bags=8, lr=1e-3),
         progress=False,
         **options,
     )

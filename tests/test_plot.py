@@ -155,7 +155,7 @@ def _write_fold(
     pd.DataFrame(baselines).to_csv(folder / "baselines.tsv", sep="\t", index=False)
     for epoch in range(1, 7):
         val = 1.0 / epoch if epoch <= BEST_EPOCH else 1.0 / BEST_EPOCH + 0.05 * (epoch - BEST_EPOCH)
-        row = {"epoch": epoch, "seconds": 1.0, "bags_per_s": 10.0, "val_seconds": 0.1}
+        row = {"epoch": epoch, "step": 10 * epoch, "seconds": 1.0, "bags_per_s": 10.0, "val_seconds": 0.1}
         row |= {"train_gene": 2.0 / epoch, "train_cluster": 0.01, "train_total": 2.0 / epoch + 0.001}
         row |= {"val_gene": val, "val_cluster": 0.02, "val_total": val + 0.002}
         _append_log(folder / "train_log.csv", row)
@@ -382,7 +382,7 @@ def test_training_curves_mark_each_folds_best_epoch(cohorts: dict[str, Path], tm
     logs = {fold: cohorts["xenium"] / fold / "train_log.csv" for fold in folds}
     best = plot_training(logs, tmp_path / "training.png")
     check_png(tmp_path / "training.png")
-    assert best == dict.fromkeys(folds, BEST_EPOCH)
+    assert best == dict.fromkeys(folds, 10 * BEST_EPOCH)
 
 
 # ---------------------------------------------------------------------------------------- the verb

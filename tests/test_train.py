@@ -84,6 +84,9 @@ def test_bags_and_collation_follow_the_graph() -> None:
     assert [b.target_row for b in masked] == list(range(10))
 
 
+STEPS_PER_EPOCH = 15  # 3 training samples of 40 spots, batches of 8
+
+
 def _fit(tmp_path, *, epochs: int, stop_after: int | None = None, lam: float = 0.1, fingerprint=None):
     train = [synthetic_sample(s) for s in (1, 2, 3)]
     val = synthetic_sample(4)
@@ -92,7 +95,14 @@ def _fit(tmp_path, *, epochs: int, stop_after: int | None = None, lam: float = 0
     val_bags = make_bags(val, 3)
     rows = np.stack([samples[b.sample].targets[b.target_row] for b in train_bags])
     transform = TargetTransform.fit(rows, GENES)
-    config = TrainConfig(lr=3e-3, max_epochs=epochs, patience=50, batch_bags=8, lambda_cluster=lam)
+    config = TrainConfig(
+        lr=3e-3,
+        max_steps=epochs * STEPS_PER_EPOCH,
+        patience_steps=1000,
+        eval_every_steps=1,
+        batch_bags=8,
+        lambda_cluster=lam,
+    )
     model = _model()
     result = fit(
         model,
@@ -103,7 +113,7 @@ def _fit(tmp_path, *, epochs: int, stop_after: int | None = None, lam: float = 0
         config,
         tmp_path,
         progress=False,
-        stop_after=stop_after,
+        stop_after=None if stop_after is None else stop_after * STEPS_PER_EPOCH,
         fingerprint=fingerprint,
     )
     return model, result, transform, samples, val_bags
@@ -111,11 +121,11 @@ def _fit(tmp_path, *, epochs: int, stop_after: int | None = None, lam: float = 0
 
 def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path) -> None:
     straight, result, *_ = _fit(tmp_path / "straight", epochs=4)
-    assert result.epochs_run == 4
+    assert result.epochs_run == 4 and result.steps_run == 4 * STEPS_PER_EPOCH
     _, killed, *_ = _fit(tmp_path / "resumed", epochs=4, stop_after=2)
-    assert killed.epochs_run == 2
+    assert killed.epochs_run == 2 and not killed.completed
     resumed, again, *_ = _fit(tmp_path / "resumed", epochs=4)
-    assert again.epochs_run == 4 and again.best_epoch == result.best_epoch
+    assert again.epochs_run == 4 and again.best_step == result.best_step and again.completed
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     log = (tmp_path / "resumed" / "train_log.csv").read_text().splitlines()
@@ -182,7 +192,53 @@ def test_slide_bags_step_per_slide_batch(tmp_path, monkeypatch, slide_batch: int
     transform = TargetTransform.fit(rows, GENES)
     calls = []
     monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: calls.append(1))
-    config = TrainConfig(max_epochs=1, batch_bags=8, slide_batch_bags=slide_batch)
+    config = TrainConfig(max_steps=steps, batch_bags=8, slide_batch_bags=slide_batch)
     fit(_model(), bags[:5], bags[5:], samples, transform, config, tmp_path, progress=False)
     assert len(calls) == steps
     assert TrainConfig().slide_batch_bags == 1
+
+
+def _small_cohort(n_units: int = 30) -> tuple[list[SampleData], list, list, TargetTransform]:
+    """Two training sections and one validation section of ``n_units`` spots: a small real-format cohort."""
+    samples = [synthetic_sample(s, n_units=n_units) for s in (11, 12, 13)]
+    train_bags = [b for i in range(2) for b in make_bags(samples[i], i)]
+    val_bags = make_bags(samples[2], 2)
+    rows = np.stack([samples[b.sample].targets[b.target_row] for b in train_bags])
+    return samples, train_bags, val_bags, TargetTransform.fit(rows, GENES)
+
+
+def test_a_small_cohort_trains_for_its_step_budget_not_a_dozen_steps(tmp_path) -> None:
+    """The defect: with patience counted in epochs, a cohort of 2 steps an epoch stopped after ~14 steps.
+
+    The paper's lr and batch on 60 spots (2 steps an epoch): training must run for at least
+    ``patience_steps`` steps, check every ``eval_every_steps`` (whole epochs), and improve on its start.
+    """
+    samples, train_bags, val_bags, transform = _small_cohort()
+    config = TrainConfig(lr=1e-4, batch_bags=32, max_steps=600, patience_steps=200, eval_every_steps=40)
+    result = fit(_model(), train_bags, val_bags, samples, transform, config, tmp_path, progress=False)
+    steps = [row["step"] for row in result.history]
+    assert steps[0] == 40 and np.all(np.diff(steps) == 40)  # rounds of 20 epochs of 2 steps
+    assert [row["epoch"] for row in result.history][:2] == [20, 40]
+    assert result.steps_run >= 200 and result.epochs_run == result.steps_run // 2
+    assert result.best_step > steps[0] and not result.best_at_first_check
+    assert result.history[-1]["train_gene"] < result.history[0]["train_gene"]
+
+
+def test_a_best_first_check_is_warned_about_and_recorded(tmp_path, monkeypatch, caplog) -> None:
+    samples, train_bags, val_bags, transform = _small_cohort(12)
+    losses = iter(np.linspace(1.0, 2.0, 50))
+    monkeypatch.setattr(
+        "bitro.train.fit.evaluate_loss", lambda *a, **k: {"gene": float(next(losses)), "total": 0.0}
+    )
+    config = TrainConfig(max_steps=100, patience_steps=8, eval_every_steps=2, batch_bags=8)
+    with caplog.at_level("WARNING", logger="bitro"):
+        result = fit(_model(), train_bags, val_bags, samples, transform, config, tmp_path, progress=False)
+    assert result.best_at_first_check and result.stopped_early
+    assert result.steps_run - result.best_step >= 8 and result.steps_run < 100
+    assert result.to_dict()["best_at_first_check"] is True
+    assert "best validation loss came at the first check" in caplog.text
+
+
+def test_step_budgets_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="patience_steps"):
+        TrainConfig(patience_steps=0)

@@ -66,7 +66,9 @@ def _target_fold():
 
 def _finetune(tmp_path: Path, mode: str, pretrained: BiTro | None = None):
     samples, train, validation, transform = _target_fold()
-    config = TrainConfig(lr=3e-3, max_epochs=2, patience=5, batch_bags=16, lambda_cluster=0.1)
+    config = TrainConfig(
+        lr=3e-3, max_steps=10, patience_steps=50, eval_every_steps=1, batch_bags=16, lambda_cluster=0.1
+    )
     pretrained = pretrained or _pretrained()
     done = finetune(
         pretrained, SOURCE_GENES, GENES, train, validation, samples, transform, config, tmp_path,
@@ -352,7 +354,8 @@ def test_pretrain_then_fine_tune_from_files_in_any_gene_order(tmp_path) -> None:
     )
     settings = {
         "model": TINY,
-        "training": {"lr": 0.003, "max_epochs": 2, "patience": 5, "batch_bags": 16, "phenotypes_k": 2,
+        "training": {"lr": 0.003, "max_steps": 10, "patience_steps": 50, "eval_every_steps": 1,
+                     "batch_bags": 16, "phenotypes_k": 2,
                      "feature_scope": "sample", "zscore": True, "gpu": 0},
         "transfer": {"lora": {"r": 4, "alpha": 8}},
     }  # fmt: skip

@@ -30,6 +30,8 @@ from bitro.preprocess.units import read_units
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
+#: The small demo's ST training budget: a few epochs of its one training section, checked every epoch.
+KILL_TEST_STEPS = 12
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
@@ -97,10 +99,9 @@ def test_cohort_training_overrides_and_out_of_fold_pooling_reach_the_commands(tm
         return json.loads(command.split("--params-json '")[1].split("'")[0])["training"]
 
     trains = {c.split("--samples-dir results/")[1].split("/")[0]: c for c in commands if "bitro train " in c}
-    assert (
-        settings(trains["demo_bulk"])["max_epochs"] == 40 and settings(trains["demo_bulk"])["patience"] == 10
-    )
-    assert settings(trains["demo_st"])["max_epochs"] == 15 and settings(trains["demo_st"])["patience"] == 4
+    bulk, st = settings(trains["demo_bulk"]), settings(trains["demo_st"])
+    assert (bulk["max_steps"], bulk["patience_steps"], bulk["eval_every_steps"]) == (320, 80, 8)
+    assert (st["max_steps"], st["patience_steps"], st["eval_every_steps"]) == (375, 100, 25)
     folds = [c for c in commands if "bitro folds --cohort demo_bulk" in c]
     assert len(folds) == 1 and "--bulk-folds 5" in folds[0]
     (bulk_summary,) = [c for c in commands if "bitro summarise" in c and "results/demo_bulk/fold0/" in c]
@@ -134,7 +135,7 @@ def test_bad_config_or_sample_sheet_is_rejected(
 def test_a_cohort_training_block_takes_only_per_cohort_settings(tmp_path: Path) -> None:
     """zscore and the feature scope shape shared files and jobs: a cohort cannot override them."""
     cohort = {"level": "bulk", "format": "tcga", "root": "data", "samples": "s.tsv"}
-    config = {"cohorts": {"c1": cohort | {"training": {"max_epochs": 40, "zscore": False}}}}
+    config = {"cohorts": {"c1": cohort | {"training": {"max_steps": 40, "zscore": False}}}}
     write_project(tmp_path, config, {"s.tsv": "sample_id\tpatient_id\nA\tP\n"})
     done = snakemake(tmp_path, "--dry-run")
     assert done.returncode != 0 and "zscore" in done.stdout, done.stdout
@@ -189,8 +190,15 @@ def small_demo_project(workdir: Path) -> dict[str, list[str]]:
         # The small preset's sections share one patient: leave one section out, train briefly.
         "evaluation": {"st_group_by": "sample", "xenium_strips": 3},
         "genes": {"n_genes": 20},
-        # Four epochs leave the kill-and-resume check time to stop a run after its first.
-        "training": {"max_epochs": 4, "patience": 4, "lr": 0.001, "batch_bags": 16},
+        # Checks after every epoch, up to a budget of several epochs, leave the kill-and-resume check
+        # time to stop a run after its first.
+        "training": {
+            "max_steps": KILL_TEST_STEPS,
+            "patience_steps": KILL_TEST_STEPS,
+            "eval_every_steps": 1,
+            "lr": 0.001,
+            "batch_bags": 16,
+        },
         "baselines": {"mlp_epochs": 2},
         "demo": {"generate": True, "outdir": "results/demo_data", "seed": 3, "preset": "small"},
         "cohorts": cohorts,
@@ -257,9 +265,9 @@ def check_evaluation(results: Path) -> None:
 
 
 def kill_during_training(workdir: Path, target: Path, timeout: float = 1800) -> int:
-    """Run snakemake for ``target`` and SIGKILL its whole process group once training saved an epoch.
+    """Run snakemake for ``target`` and SIGKILL its whole process group once training saved a check.
 
-    Returns the epoch the saved state had reached when the workflow was killed.
+    Returns the step the saved state had reached when the workflow was killed.
     """
     state = target.parent / "checkpoint" / "state.json"
     process = subprocess.Popen(
@@ -279,7 +287,7 @@ def kill_during_training(workdir: Path, target: Path, timeout: float = 1800) -> 
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    return json.loads(state.read_text())["info"]["epoch"]
+    return json.loads(state.read_text())["info"]["step"]
 
 
 @pytest.mark.slow
@@ -289,12 +297,12 @@ def test_small_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     # Killed mid-training (as a node failure or Ctrl-C twice would), then run again: training resumes.
     model = results / "small_st" / "fold0" / "model.safetensors"
     killed_at = kill_during_training(tmp_path, model)
-    assert 1 <= killed_at < 4 and not model.exists()
+    assert 1 <= killed_at < KILL_TEST_STEPS and not model.exists()
     assert snakemake(tmp_path, "--unlock").returncode == 0
     done = snakemake(tmp_path, "--rerun-incomplete", timeout=1800)
     assert done.returncode == 0, done.stdout
     train_log = (results / "logs" / "train" / "small_st" / "fold0.log").read_text()
-    assert f"resuming after epoch {killed_at} of 4" in train_log, train_log
+    assert f"resuming after step {killed_at} of at most {KILL_TEST_STEPS}" in train_log, train_log
     epochs = pd.read_csv(results / "small_st" / "fold0" / "train_log.csv")["epoch"].tolist()
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > killed_at
     assert (results / "benchmarks" / "demo" / "generate_demo.tsv").exists()

@@ -35,8 +35,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     for key in ("gpu", "phenotypes_k", "feature_scope", "zscore"):  # workflow keys, not TrainConfig's
         train_settings.pop(key, None)
     config = TrainConfig(**train_settings)
-    if args.max_epochs is not None:
-        config.max_epochs = args.max_epochs
+    if args.max_steps is not None:
+        config.max_steps = args.max_steps
     result = train_fold(
         args.samples_dir,
         args.folds,
@@ -52,7 +52,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         device=args.device,
         progress=not args.quiet,
     )
-    log.info("%s: best epoch %d of %d -> %s", args.fold, result.best_epoch, result.epochs_run, args.out_dir)
+    log.info("%s: best step %d of %d -> %s", args.fold, result.best_step, result.steps_run, args.out_dir)
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -69,7 +69,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     train.add_argument("--basis", help="the fold's pca.npz (cohort scope)")
     train.add_argument("--params", help="YAML with `model:` and `training:` sections (the workflow's config)")
     train.add_argument("--params-json", help="the same as --params, inline as JSON")
-    train.add_argument("--max-epochs", type=int, help="override training.max_epochs")
+    train.add_argument("--max-steps", type=int, help="override training.max_steps")
     train.add_argument(
         "--no-zscore", action="store_true", help="the 'w/o Norm.' ablation: log1p targets only"
     )

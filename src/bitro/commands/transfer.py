@@ -38,7 +38,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return dict(yaml.safe_load(Path(args.params).read_text()) or {}) if args.params else {}
 
 
-def _train_config(settings: dict[str, Any], stage: str, max_epochs: int | None) -> Any:
+def _train_config(settings: dict[str, Any], stage: str, max_steps: int | None) -> Any:
     from bitro.train.fit import TrainConfig
 
     training = dict(settings.get("training", {}))
@@ -51,7 +51,7 @@ def _train_config(settings: dict[str, Any], stage: str, max_epochs: int | None) 
         training.pop(key, None)
     training |= dict(settings.get("transfer", {}).get(stage, {}))
     config = TrainConfig(**training)
-    return config if max_epochs is None else replace(config, max_epochs=max_epochs)
+    return config if max_steps is None else replace(config, max_steps=max_steps)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
@@ -73,7 +73,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
             target_sheet=args.target_sheet,
             target_samples_dir=args.target_samples_dir,
             model_config=dict(settings.get("model", {})),
-            train_config=_train_config(settings, "pretrain", args.max_epochs),
+            train_config=_train_config(settings, "pretrain", args.max_steps),
             zscore=not args.no_zscore,
             phenotypes_k=int(settings.get("training", {}).get("phenotypes_k", 8)),
             validation_fraction=float(transfer.get("validation_fraction", 0.2)),
@@ -82,7 +82,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
         )
     except PatientOverlapError as error:
         raise SystemExit(f"bitro transfer-pretrain: refused: {error}") from error
-    log.info("pretrained: best epoch %d of %d -> %s", result.best_epoch, result.epochs_run, args.out_dir)
+    log.info("pretrained: best step %d of %d -> %s", result.best_step, result.steps_run, args.out_dir)
 
 
 def _cmd_transfer(args: argparse.Namespace) -> None:
@@ -109,7 +109,7 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
             args.out_dir,
             mode=mode,
             lora=LoraOptions.from_dict(lora),
-            train_config=_train_config(settings, "finetune", args.max_epochs),
+            train_config=_train_config(settings, "finetune", args.max_steps),
             model_config=dict(settings.get("model", {})),
             phenotypes_path=args.phenotypes,
             target_sheet=args.target_sheet,
@@ -120,11 +120,11 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
     except PatientOverlapError as error:
         raise SystemExit(f"bitro transfer: refused: {error}") from error
     log.info(
-        "%s (%s transfer): best epoch %d of %d -> %s",
+        "%s (%s transfer): best step %d of %d -> %s",
         args.fold,
         mode,
-        result.best_epoch,
-        result.epochs_run,
+        result.best_step,
+        result.steps_run,
         args.out_dir,
     )
 
@@ -132,7 +132,7 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", help="YAML with `model:`, `training:` and `transfer:` sections")
     parser.add_argument("--params-json", help="the same as --params, inline as JSON")
-    parser.add_argument("--max-epochs", type=int, help="override the number of epochs")
+    parser.add_argument("--max-steps", type=int, help="override the step budget")
     parser.add_argument(
         "--no-zscore", action="store_true", help="log1p targets only (the 'w/o Norm.' ablation)"
     )

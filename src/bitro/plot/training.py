@@ -1,4 +1,4 @@
-"""Training curves: each fold's training and validation losses per epoch, from ``train_log.csv``."""
+"""Training curves: each fold's training and validation losses per optimiser step, from ``train_log.csv``."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ def plot_training(
     title: str = "Training curves",
 ) -> dict[str, int]:
     """Write ``out`` (PNG): one panel per loss term, one colour per fold, training solid, validation
-    dashed, the epoch of lowest validation gene loss (the one early stopping keeps) marked with a dot.
+    dashed, the check of lowest validation gene loss (the one early stopping keeps) marked with a dot.
 
-    ``logs`` maps a fold name to its ``train_log.csv``. Returns each fold's best epoch.
+    ``logs`` maps a fold name to its ``train_log.csv``. Returns each fold's best step.
     """
     tables = {fold: read_log(log) for fold, log in logs.items()}
     terms = [t for t in TERMS if any(f"train_{t}" in table for table in tables.values())] or ["gene"]
@@ -49,7 +49,7 @@ def plot_training(
     best: dict[str, int] = {}
     for fold, table in tables.items():
         if "val_gene" in table and table["val_gene"].notna().any():
-            best[fold] = int(table["epoch"].iloc[int(np.nanargmin(table["val_gene"].to_numpy(np.float64)))])
+            best[fold] = int(table["step"].iloc[int(np.nanargmin(table["val_gene"].to_numpy(np.float64)))])
     for ax, term in zip(axes, terms, strict=True):
         positive = True
         for fold, table in tables.items():
@@ -59,19 +59,19 @@ def plot_training(
                     continue
                 values = table[column].to_numpy(np.float64)
                 positive &= bool(np.all(values[np.isfinite(values)] > 0))
-                ax.plot(table["epoch"], values, style, color=colours[fold], lw=1.2)
+                ax.plot(table["step"], values, style, color=colours[fold], lw=1.2)
             if fold in best and f"val_{term}" in table:
-                at = table["epoch"] == best[fold]
-                ax.plot(table.loc[at, "epoch"], table.loc[at, f"val_{term}"], "o", color=colours[fold], ms=4)
+                at = table["step"] == best[fold]
+                ax.plot(table.loc[at, "step"], table.loc[at, f"val_{term}"], "o", color=colours[fold], ms=4)
         if positive and ax.has_data():
             ax.set_yscale("log")
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("optimiser step")
         ax.set_title(TERMS[term], fontsize=9)
     handles = [Line2D([], [], color=colours[f], label=f) for f in tables]
     handles += [
         Line2D([], [], color="black", ls="-", label="training"),
         Line2D([], [], color="black", ls="--", label="validation"),
-        Line2D([], [], color="black", marker="o", ls="", label="best epoch"),
+        Line2D([], [], color="black", marker="o", ls="", label="best check"),
     ]
     figure.legend(handles=handles, fontsize=7, loc="outside right upper", ncols=2 if len(tables) > 12 else 1)
     save_png(figure, Path(out), dpi=dpi)

@@ -1,14 +1,19 @@
 """The training loop (paper Appendix C.2): Adam, clipping, early stopping on a validation split, resume.
 
-- Adam (lr 1e-4 by default), gradient norm clipped to 1.0, at most ``max_epochs`` epochs.
+- Adam (lr 1e-4 by default), gradient norm clipped to 1.0.
 - Loss: MSE on z-scored targets + λ · cluster loss on pseudo-cell profiles in count space (eq. 11–13).
-- Early stopping with ``patience`` on the *validation* loss (gene MSE); validation bags come from the
-  fold's validation samples, which are carved from its training samples (PITFALLS 1). The weights of the
-  best validation epoch are the result.
-- Every epoch writes the resume state; a run killed after epoch n and started again continues from n and
-  ends with the same weights as an uninterrupted run, because each epoch's shuffling and dropout are
-  seeded from ``(seed, epoch)`` rather than from a stream carried across epochs.
-- Each epoch appends a row to ``train_log.csv``.
+- The budget and early stopping count **optimiser steps**, not epochs: an epoch of a cohort of 60 spots
+  is 2 steps at batch 32 and one of 6,000 spots is 190, so a patience of "6 epochs" stops the small
+  cohort after a dozen steps, near its initialisation. Training runs in *rounds* of whole epochs, each
+  at least ``eval_every_steps`` steps long; after each round the *validation* loss (gene MSE) is
+  measured, and training stops after ``max_steps`` steps or when ``patience_steps`` steps have passed
+  since the best round. Validation bags come from the fold's validation samples, carved from its
+  training samples (docs/methods.md), and the weights of the best round are the result. A best round
+  that is the first one is logged as a warning and recorded (``TrainResult.best_at_first_check``).
+- Every round writes the resume state; a run killed after round n and started again continues from n
+  and ends with the same weights as an uninterrupted run, because each epoch's shuffling and dropout
+  are seeded from ``(seed, epoch)`` rather than from a stream carried across epochs.
+- Each round appends a row to ``train_log.csv`` (epoch, step, losses, throughput).
 """
 
 from __future__ import annotations
@@ -42,8 +47,11 @@ class TrainConfig:
 
     lr: float = 1e-4
     weight_decay: float = 0.0
-    max_epochs: int = 100
-    patience: int = 6
+    #: The paper's budget (100 epochs, patience 6, batch 32) restated in optimiser steps for a cohort of
+    #: about 5,000 training spots (160 steps an epoch), so that a smaller cohort trains as long.
+    max_steps: int = 16_000
+    patience_steps: int = 1_000
+    eval_every_steps: int = 160
     clip_norm: float = 1.0
     batch_bags: int = 32
     #: Bags per step when every training bag is a whole slide (bulk): multiple-instance learning on
@@ -57,14 +65,41 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "patience_steps", "eval_every_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
 
 @dataclass
 class TrainResult:
+    """How a run ended. ``completed`` is false when ``stop_after`` cut it short, as a kill would."""
+
     best_epoch: int
+    best_step: int
     best_val_loss: float
     epochs_run: int
+    steps_run: int
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
+    completed: bool = True
+
+    @property
+    def best_at_first_check(self) -> bool:
+        """The best validation loss came at the first check: the kept weights are barely trained."""
+        return bool(self.history) and self.best_step == self.history[0]["step"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``model.json`` records of the run."""
+        return {
+            "best_epoch": self.best_epoch,
+            "best_step": self.best_step,
+            "best_val_loss": self.best_val_loss,
+            "epochs_run": self.epochs_run,
+            "steps_run": self.steps_run,
+            "stopped_early": self.stopped_early,
+            "best_at_first_check": self.best_at_first_check,
+        }
 
 
 def _seed_everything(seed: int) -> None:
@@ -168,11 +203,12 @@ def fit(
 ) -> TrainResult:
     """Train ``model`` in place and leave it holding the best validation weights.
 
-    Writes ``out_dir/train_log.csv`` and ``out_dir/checkpoint/state.*``. ``stop_after`` ends the run after
-    that many epochs in total, as a kill would (used by the resume test). ``parameters`` chooses what is
-    trained (LoRA fine-tuning passes the adapters), all parameters that require grad by default.
-    ``fingerprint`` describes the inputs (data, genes, settings): a saved state is resumed only when it was
-    made with the same one, so a rerun after an input changed starts afresh instead of resuming.
+    Writes ``out_dir/train_log.csv`` and ``out_dir/checkpoint/state.*``. ``stop_after`` ends the run at
+    the first check at or after that many steps, as a kill right after that checkpoint would (used by
+    the resume test). ``parameters`` chooses what is trained (LoRA fine-tuning passes the adapters), all
+    parameters that require grad by default. ``fingerprint`` describes the inputs (data, genes,
+    settings): a saved state is resumed only when it was made with the same one, so a rerun after an
+    input changed starts afresh instead of resuming.
     """
     if not train_bags:
         raise ValueError("no training bags: every training unit is empty")
@@ -196,15 +232,16 @@ def fit(
         best = initial
         info: dict[str, Any] = {
             "epoch": 0,
+            "step": 0,
             "best_epoch": 0,
+            "best_step": 0,
             "best_val": math.inf,
-            "bad_epochs": 0,
             "history": [],
             "fingerprint": fingerprint,
         }
     else:
         best, info = restored
-        log.info("%s: resuming after epoch %d of %d", out_dir, info["epoch"], config.max_epochs)
+        log.info("%s: resuming after step %d of at most %d", out_dir, info["step"], config.max_steps)
     # The log always matches the state it resumes from (a rerun may have deleted it).
     log_path.unlink(missing_ok=True)
     for row in info["history"]:
@@ -212,57 +249,89 @@ def fit(
     history: list[dict[str, float]] = info["history"]
     slides = all(samples[bag.sample].level == "bulk" for bag in train_bags)
     batch_size = config.slide_batch_bags if slides else config.batch_bags
-    stopped_early = info["bad_epochs"] >= config.patience
-    epochs = range(info["epoch"], config.max_epochs)
-    bar = tqdm(epochs, desc="epochs", disable=not progress, initial=info["epoch"], total=config.max_epochs)
-    for epoch in bar:
-        if stopped_early or (stop_after is not None and epoch >= stop_after):
+    steps_per_epoch = math.ceil(len(train_bags) / batch_size)
+    epochs_per_round = max(1, math.ceil(config.eval_every_steps / steps_per_epoch))
+
+    def stale() -> bool:
+        return bool(history) and info["step"] - info["best_step"] >= config.patience_steps
+
+    completed = True
+    bar = tqdm(
+        total=config.max_steps,
+        desc="steps",
+        disable=not progress,
+        initial=min(info["step"], config.max_steps),
+    )
+    while info["step"] < config.max_steps and not stale():
+        if stop_after is not None and info["step"] >= stop_after:
+            completed = False
             break
-        _seed_everything(config.seed * 100_003 + epoch)
-        rng = np.random.default_rng([config.seed, epoch])
-        model.train()
         started = time.perf_counter()
         sums: dict[str, float] = {}
         n_bags = 0
-        for chunk in _batches(train_bags, batch_size, rng):
-            loss, parts = batch_loss(model, chunk, samples, transform, counts, config, device=device, rng=rng)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, config.clip_norm)
-            optimizer.step()
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value * len(chunk)
-            n_bags += len(chunk)
+        for _ in range(epochs_per_round):
+            if info["step"] >= config.max_steps:
+                break
+            epoch = info["epoch"]
+            _seed_everything(config.seed * 100_003 + epoch)
+            rng = np.random.default_rng([config.seed, epoch])
+            model.train()
+            for chunk in _batches(train_bags, batch_size, rng):
+                loss, parts = batch_loss(
+                    model, chunk, samples, transform, counts, config, device=device, rng=rng
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, config.clip_norm)
+                optimizer.step()
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + value * len(chunk)
+                n_bags += len(chunk)
+            info["epoch"] += 1
+            info["step"] += steps_per_epoch
+            bar.update(min(steps_per_epoch, config.max_steps - bar.n))
         seconds = time.perf_counter() - started
         val = evaluate_loss(model, validation_bags, samples, transform, counts, config, device=device)
         # Throughput of the training steps alone; validation time is logged on its own.
-        row = {"epoch": epoch + 1, "seconds": seconds, "bags_per_s": n_bags / max(seconds, 1e-9)}
+        row = {
+            "epoch": info["epoch"],
+            "step": info["step"],
+            "seconds": seconds,
+            "bags_per_s": n_bags / max(seconds, 1e-9),
+        }
         row["val_seconds"] = time.perf_counter() - started - seconds
         row |= {f"train_{k}": v / max(n_bags, 1) for k, v in sums.items()}
         row |= {f"val_{k}": v for k, v in val.items()}
         history.append(row)
-        improved = val["gene"] < info["best_val"]
-        if improved:
+        if val["gene"] < info["best_val"]:
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            info.update(best_val=val["gene"], best_epoch=epoch + 1, bad_epochs=0)
-        else:
-            info["bad_epochs"] += 1
-        info.update(epoch=epoch + 1, history=history)
+            info.update(best_val=val["gene"], best_epoch=info["epoch"], best_step=info["step"])
+        info["history"] = history
         save_state(out_dir / "checkpoint", model=model, best=best, optimizer=optimizer, info=info)
         _append_log(log_path, row)
         bar.set_postfix(train=f"{row['train_gene']:.3f}", val=f"{val['gene']:.3f}")
-        if info["bad_epochs"] >= config.patience:
-            stopped_early = True
-            break
+    bar.close()
     model.load_state_dict(best)
     model.eval()
-    return TrainResult(
+    result = TrainResult(
         best_epoch=int(info["best_epoch"]),
+        best_step=int(info["best_step"]),
         best_val_loss=float(info["best_val"]),
         epochs_run=int(info["epoch"]),
+        steps_run=int(info["step"]),
         history=history,
-        stopped_early=stopped_early,
+        stopped_early=stale(),
+        completed=completed,
     )
+    if completed and result.best_at_first_check and len(history) > 1:
+        log.warning(
+            "%s: the best validation loss came at the first check (step %d of %d run): the kept model is "
+            "barely trained. Raise patience_steps, lower eval_every_steps or check the learning rate.",
+            out_dir,
+            result.best_step,
+            result.steps_run,
+        )
+    return result
 
 
 def _append_log(path: Path, row: dict[str, float]) -> None:

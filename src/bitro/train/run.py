@@ -172,8 +172,10 @@ def inputs_fingerprint(
         "data_sha256": digest.hexdigest(),
         "transform": transform.to_dict(),
         "model": config.to_dict(),
-        # More epochs or patience may continue a finished run; anything else starts afresh.
-        "train": {k: v for k, v in train_config.to_dict().items() if k not in ("max_epochs", "patience")},
+        # A larger budget or patience may continue a finished run; anything else starts afresh.
+        "train": {
+            k: v for k, v in train_config.to_dict().items() if k not in ("max_steps", "patience_steps")
+        },
         "scope": scope,
     }
     return json.loads(json.dumps(record))
@@ -214,12 +216,7 @@ def model_metadata(
         "features": features,
         "fold": fold_record(fold),
         "train": train_config.to_dict(),
-        "result": {
-            "best_epoch": result.best_epoch,
-            "best_val_loss": result.best_val_loss,
-            "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early,
-        },
+        "result": result.to_dict(),
         "validation": scores,
     }
 
@@ -282,8 +279,7 @@ def train_fold(
         stop_after=stop_after,
         fingerprint=inputs_fingerprint(inputs, transform, config, train_config, scope),
     )
-    interrupted = stop_after is not None and result.epochs_run < train_config.max_epochs
-    if interrupted and not result.stopped_early:
+    if not result.completed:
         return result  # as if killed: no model is written until the run ends
     scores = validation_scores(model, inputs, transform, device=device)
     features = {"scope": scope, "basis": str(basis_path) if basis_path else None}
