@@ -390,3 +390,73 @@ def test_parameter_count_and_flops() -> None:
     d = 128
     layer = 2 * d * 4 * d + 2 * 9 * 4 * d + 2 * 2 * 4 * d + 2 * 4 * d * d
     assert small["gat"] == 2 * layer
+
+
+# --------------------------------------------------------------------------- readout and pooling options
+def test_shared_readout_gives_every_gene_the_same_value_under_uniform_attention() -> None:
+    """The defect the accuracy benchmark found: with eq. 9's shared readout, a gene's identity reaches its
+    prediction only through attention, so a bag whose cells look alike predicts every gene alike."""
+    torch.manual_seed(0)
+    h = torch.randn(1, 8).expand(5, 8).contiguous()  # five identical cells: attention cannot tell them apart
+    bag = torch.zeros(5, dtype=torch.long)
+    shared, _ = GeneQueryMIL(4, 8, "identity")(h, bag, [5])
+    assert torch.allclose(shared, shared[0, 0].expand_as(shared))
+    per_gene, _ = GeneQueryMIL(4, 8, "identity", readout="per_gene")(h, bag, [5])
+    assert per_gene[0].unique().numel() == 4
+
+
+def test_per_gene_readout_by_hand() -> None:
+    torch.manual_seed(1)
+    mil = GeneQueryMIL(3, 4, "identity", readout="per_gene")
+    h = torch.randn(6, 4)
+    prediction, attention = mil(h, torch.zeros(6, dtype=torch.long), [6])
+    z = attention.t() @ h  # (G, D)
+    r = mil.readout
+    hidden = F.relu(F.layer_norm(z, (4,), r.norm.weight, r.norm.bias) @ r.fc1.weight.t() + r.fc1.bias)
+    torch.testing.assert_close(prediction[0], (hidden * mil.gene_weights).sum(1) + mil.gene_bias)
+
+
+def test_density_input_reads_cells_per_unit_not_bag_size() -> None:
+    """Softmax pooling averages: without density_input, 4 or 12 copies of a spot's cells predict alike."""
+    torch.manual_seed(2)
+    mil = GeneQueryMIL(3, 4, "identity", readout="per_gene", density_input=True)
+    with torch.no_grad():
+        mil.density.normal_()  # not a constant vector: LayerNorm would remove that
+    h = torch.randn(4, 4)
+    few, _ = mil(h, torch.zeros(4, dtype=torch.long), [4], torch.tensor([4.0]))
+    many, _ = mil(h.repeat(3, 1), torch.zeros(12, dtype=torch.long), [12], torch.tensor([12.0]))
+    assert not torch.allclose(few, many)
+    plain = GeneQueryMIL(3, 4, "identity")
+    a, _ = plain(h, torch.zeros(4, dtype=torch.long), [4])
+    b, _ = plain(h.repeat(3, 1), torch.zeros(12, dtype=torch.long), [12])
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="density"):
+        mil(h, torch.zeros(4, dtype=torch.long), [4])
+
+
+def test_mean_pooling_ablation_attends_uniformly(bags: list[Bag]) -> None:
+    torch.manual_seed(3)
+    model = BiTro(small_config(pooling="mean")).eval()
+    batch = CellBatch.collate(bags)
+    out = model(batch)
+    sizes = batch.bag_sizes
+    torch.testing.assert_close(out.attention, (1.0 / sizes.float())[batch.cell_bag][:, None].expand(-1, 6))
+    assert out.prediction[0].unique().numel() == 6  # one head per gene
+    with pytest.raises(ValueError, match="pooling"):
+        small_config(pooling="max") and BiTro(small_config(pooling="max"))
+
+
+@pytest.mark.parametrize(
+    "options", [{"readout": "per_gene"}, {"readout": "per_gene", "density_input": True}, {"pooling": "mean"}]
+)
+def test_options_round_trip_and_reach_every_parameter(bags: list[Bag], options: dict) -> None:
+    config = small_config(dropout=0.0, **options)
+    assert BiTroConfig.from_dict(config.to_dict()) == config
+    torch.manual_seed(4)
+    model = BiTro(config).train()
+    out = model(CellBatch.collate(bags))
+    out.prediction.square().sum().backward()
+    unused = {"mil.queries"} if options.get("pooling") == "mean" else set()
+    for name, param in model.named_parameters():
+        if name not in unused and not name.startswith("mil.readout.fc2"):
+            assert param.grad is not None and param.grad.abs().sum() > 0, name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -69,6 +71,20 @@ def test_iter_chunks_keeps_units_whole_and_covers_the_bag() -> None:
 
 @pytest.mark.parametrize("max_cells", [1, 9, 25, 10**6])
 def test_streaming_equals_full_forward(model: BiTro, max_cells: int) -> None:
+    _streaming_equals_full_forward(model, max_cells)
+
+
+@pytest.mark.parametrize("max_cells", [1, 25])
+def test_streaming_equals_full_forward_with_per_gene_readout_and_density(max_cells: int) -> None:
+    torch.manual_seed(1)
+    config = BiTroConfig(n_genes=7, in_dim=F_IN, dim=16, position_dim=4, ff_mult=2)
+    model = BiTro(replace(config, readout="per_gene", density_input=True)).eval()
+    with torch.no_grad():
+        model.mil.density.normal_()
+    _streaming_equals_full_forward(model, max_cells)
+
+
+def _streaming_equals_full_forward(model: BiTro, max_cells: int) -> None:
     bag = slide_bag()
     with torch.no_grad():
         full = model(CellBatch.collate([bag]))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from bitro import __version__
 from bitro._atomic import atomic_path
+from bitro.commands import accuracy as accuracy_commands
 from bitro.commands import cohort as cohort_commands
 from bitro.commands import doctor as doctor_commands
 from bitro.commands import evaluate as evaluate_commands
@@ -558,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     transfer_commands.register(verbs)
     doctor_commands.register(verbs)
     plot_commands.register(verbs)
+    accuracy_commands.register(verbs)
     return parser
 
 

@@ -344,12 +344,14 @@ class OracleComposition(Baseline):
 
 
 class _MLP(nn.Module):
-    def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int) -> None:
+    def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int, dropout: float = 0.0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = n_in
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
             width = h
         layers.append(nn.Linear(width, n_out))
         self.net = nn.Sequential(*layers)
@@ -418,10 +420,14 @@ class MLPBaseline(Baseline):
         batch_size: int = 64,
         val_fraction: float = 0.2,
         weight_decay: float = 0.0,
+        dropout: float = 0.0,
         seed: int = 0,
     ) -> None:
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = dropout
         self.hidden = tuple(hidden)
         self.lr = lr
         self.max_epochs = max_epochs
@@ -450,8 +456,27 @@ class MLPBaseline(Baseline):
             fit_idx, val_idx = next(gsplit.split(rows, groups=groups))
         return np.sort(fit_idx), np.sort(val_idx)
 
+    def fit(
+        self,
+        x_train: ArrayLike,
+        y_train: ArrayLike,
+        *,
+        groups: ArrayLike | None = None,
+        validation: tuple[ArrayLike, ArrayLike] | None = None,
+    ) -> Self:
+        """As :meth:`Baseline.fit`; ``validation`` = ``(x, y)`` of units kept apart for early stopping
+        (a fold's validation samples, as BiTro's), instead of a split carved from the training units."""
+        self._validation = None if validation is None else _check_training(*validation)
+        return super().fit(x_train, y_train, groups=groups)
+
     def _fit(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> None:
-        fit_idx, val_idx = self._split(x.shape[0], groups)
+        given = getattr(self, "_validation", None)
+        if given is not None:
+            n = x.shape[0]
+            x, y = np.concatenate([x, given[0]]), np.concatenate([y, given[1]])
+            fit_idx, val_idx = np.arange(n), n + np.arange(len(given[0]))
+        else:
+            fit_idx, val_idx = self._split(x.shape[0], groups)
         self.val_units_ = val_idx
         self._x_mean = x[fit_idx].mean(axis=0)
         self._x_scale = _safe_scale(x[fit_idx].std(axis=0))
@@ -464,7 +489,7 @@ class MLPBaseline(Baseline):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            model = _MLP(x.shape[1], self.hidden, y.shape[1])
+            model = _MLP(x.shape[1], self.hidden, y.shape[1], self.dropout)
         gen = torch.Generator().manual_seed(self.seed)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = nn.MSELoss()

@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from bitro.model.batch import CellBatch
 from bitro.model.gat import GATEncoder
-from bitro.model.mil import GeneQueryMIL, OutputActivation
+from bitro.model.mil import GeneQueryMIL, OutputActivation, Pooling, ReadoutKind
 from bitro.model.transformer import CellTransformer
 
 
@@ -43,6 +44,12 @@ class BiTroConfig:
     output
         ``"identity"`` for z-scored log1p targets (the default, PITFALLS 6); ``"softplus"`` only when the
         targets are non-negative.
+    pooling
+        ``"gene_query"`` (the paper's MIL) or ``"mean"`` (the ablation; :data:`bitro.model.mil.Pooling`).
+    readout
+        ``"shared"`` (eq. 9) or ``"per_gene"`` output weights (:data:`bitro.model.mil.ReadoutKind`).
+    density_input
+        The readout also sees the bag's log cells per unit (:class:`bitro.model.mil.GeneQueryMIL`).
     """
 
     n_genes: int
@@ -59,6 +66,9 @@ class BiTroConfig:
     position_range_um: float = 64.0
     position_dim: int = 16
     output: OutputActivation = "identity"
+    pooling: Pooling = "gene_query"
+    readout: ReadoutKind = "shared"
+    density_input: bool = False
 
     def __post_init__(self) -> None:
         if self.output not in ("identity", "softplus"):
@@ -130,7 +140,7 @@ class BiTro(nn.Module):
             c.position_range_um,
             c.position_dim,
         )
-        self.mil = GeneQueryMIL(c.n_genes, c.dim, c.output)
+        self.mil = GeneQueryMIL(c.n_genes, c.dim, c.output, c.pooling, c.readout, c.density_input)
 
     def encode(self, batch: CellBatch) -> Tensor:
         """(N, D) cell features H_cell; each cell depends only on the cells of its own unit."""
@@ -154,5 +164,9 @@ class BiTro(nn.Module):
         if empty:
             raise ValueError(f"bag(s) {empty} have no cells; a bag needs at least one cell")
         cells = self.encode(batch)
-        prediction, attention = self.mil(cells, batch.cell_bag, bag_sizes)
+        # Cells per unit that holds cells (chunks of a streamed slide may drop empty units).
+        filled = torch.zeros(batch.n_bags, dtype=cells.dtype, device=cells.device)
+        filled.index_add_(0, batch.unit_bag, (batch.unit_sizes > 0).to(cells.dtype))
+        density = batch.bag_sizes.to(cells.dtype) / filled
+        prediction, attention = self.mil(cells, batch.cell_bag, bag_sizes, density)
         return BiTroOutput(prediction=prediction, attention=attention, cells=cells)

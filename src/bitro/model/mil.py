@@ -25,6 +25,13 @@ import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 from torch import Tensor, nn
 
 OutputActivation = Literal["identity", "softplus"]
+#: ``gene_query``: the paper's attention MIL; ``mean``: the ablation that replaces it by the mean of the
+#: bag's cells read out by one head per gene (uniform attention, so pseudo-cells still split the bag).
+Pooling = Literal["gene_query", "mean"]
+#: ``shared``: eq. 9, one readout for every gene, so a gene's identity reaches its prediction only
+#: through its attention weights; ``per_gene``: the same hidden layer, then each gene its own output
+#: weights and bias (docs/methods.md says why).
+ReadoutKind = Literal["shared", "per_gene"]
 
 
 def segment_softmax(logits: Tensor, segment: Tensor, n_segments: int) -> Tensor:
@@ -92,20 +99,71 @@ class GeneQueryMIL(nn.Module):
         D.
     output
         Readout output activation (see :class:`Readout`).
+    pooling
+        ``gene_query`` (eq. 7–9) or the ``mean`` ablation (:data:`Pooling`).
+    readout
+        ``shared`` (eq. 9) or ``per_gene`` output weights (:data:`ReadoutKind`).
+    density_input
+        Add ``log(cells per unit)`` of the bag, times a learned vector, to every pooled representation:
+        softmax pooling is a weighted *average*, blind to how many cells a spot holds, while measured
+        counts scale with it.
     """
 
-    def __init__(self, n_genes: int, dim: int, output: OutputActivation) -> None:
+    def __init__(
+        self,
+        n_genes: int,
+        dim: int,
+        output: OutputActivation,
+        pooling: Pooling = "gene_query",
+        readout: ReadoutKind = "shared",
+        density_input: bool = False,
+    ) -> None:
         super().__init__()
         if n_genes < 1:
             raise ValueError(f"n_genes must be at least 1, got {n_genes}")
+        if pooling not in ("gene_query", "mean"):
+            raise ValueError(f"pooling must be 'gene_query' or 'mean', got {pooling!r}")
+        if readout not in ("shared", "per_gene"):
+            raise ValueError(f"readout must be 'shared' or 'per_gene', got {readout!r}")
+        self.pooling = pooling
         self.queries = nn.Parameter(torch.randn(n_genes, dim) / math.sqrt(dim))
         self.readout = Readout(dim, output)
+        self.gene_weights = (
+            nn.Parameter(torch.randn(n_genes, dim) / math.sqrt(dim)) if readout == "per_gene" else None
+        )
+        self.gene_bias = nn.Parameter(torch.zeros(n_genes)) if readout == "per_gene" else None
+        self.density = nn.Parameter(torch.zeros(dim)) if density_input else None
+        # The mean ablation gives every gene the same pooled vector: gene identity needs its own head.
+        self.gene_head = nn.Linear(dim, n_genes) if pooling == "mean" else None
 
     def logits(self, h: Tensor) -> Tensor:
-        """(N, D) cell features → (N, G) scores Q·h_i / √D (eq. 7 before the softmax)."""
+        """(N, D) cell features → (N, G) scores Q·h_i / √D (eq. 7 before the softmax); zeros for mean."""
+        if self.gene_head is not None:
+            return h.new_zeros(h.shape[0], self.queries.shape[0])
         return h @ self.queries.t() / math.sqrt(self.queries.shape[1])
 
-    def forward(self, h: Tensor, cell_bag: Tensor, bag_sizes: list[int]) -> tuple[Tensor, Tensor]:
+    def read(self, z: Tensor, density: Tensor | None = None) -> Tensor:
+        """(..., G, D) pooled gene representations → (..., G) predictions (eq. 9, or the mean head).
+
+        ``density`` (...,) is the bag's cells per unit, used when the model has ``density_input``.
+        """
+        if self.density is not None:
+            if density is None:
+                raise ValueError("this model reads the bag's cells per unit: pass density")
+            z = z + density.to(z.dtype).log()[..., None, None] * self.density
+        if self.gene_head is not None:
+            # Uniform attention: every gene's row of z is the bag's mean cell.
+            y = self.gene_head(F.relu(self.readout.fc1(self.readout.norm(z[..., 0, :]))))
+        elif self.gene_weights is not None:
+            hidden = F.relu(self.readout.fc1(self.readout.norm(z)))
+            y = (hidden * self.gene_weights).sum(-1) + self.gene_bias
+        else:
+            return self.readout(z)
+        return F.softplus(y) if self.readout.output == "softplus" else y
+
+    def forward(
+        self, h: Tensor, cell_bag: Tensor, bag_sizes: list[int], density: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Attention-pool each bag's cells and read out every gene.
 
         Parameters
@@ -116,6 +174,8 @@ class GeneQueryMIL(nn.Module):
             (N,) bag of each cell.
         bag_sizes
             Cells per bag (each at least 1), summing to N.
+        density
+            (B,) cells per unit of each bag (see ``density_input``).
 
         Returns
         -------
@@ -124,7 +184,7 @@ class GeneQueryMIL(nn.Module):
         """
         attention = segment_softmax(self.logits(h), cell_bag, len(bag_sizes))
         z = bag_pool(attention, h, bag_sizes)
-        return self.readout(z), attention
+        return self.read(z, density), attention
 
 
 def bag_pool(attention: Tensor, h: Tensor, bag_sizes: list[int]) -> Tensor:

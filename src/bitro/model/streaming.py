@@ -127,11 +127,14 @@ def predict_streaming(
     _require_eval(model)
     device = next(model.parameters()).device
     state = OnlineGeneAttention.empty(model.config.n_genes, model.config.dim, device, accumulate_dtype)
+    cells = units = 0
     for chunk in _one_bag_chunks(chunks, device):
         h = model.encode(chunk)
         state.update(model.mil.logits(h), h)
+        cells, units = cells + chunk.n_cells, units + int((chunk.unit_sizes > 0).sum())
     z = state.pooled().to(model.mil.queries.dtype)
-    return StreamingPrediction(prediction=model.mil.readout(z), state=state)
+    density = torch.tensor(cells / max(units, 1), dtype=z.dtype, device=z.device)
+    return StreamingPrediction(prediction=model.mil.read(z, density), state=state)
 
 
 @torch.no_grad()

@@ -1,0 +1,216 @@
+"""Run the accuracy benchmark from its config: tuning on validation, every model on identical folds.
+
+1. **Tuning** (ST, one fold, one seed): BiTro and the MLP each try the same grid of learning rates and
+   dropouts; each keeps the setting of lowest *validation* MSE (log1p, the fold's validation samples).
+   The test side never steers anything.
+2. **Runs**: every model of the config on every fold, with every seed for the trained models (one run
+   for the deterministic baselines), each cached under ``out/runs/`` so that a rerun resumes.
+3. **Report** (:mod:`bitro.accuracy.report`): tables per effect and model, paired intervals, the
+   diagnostics, a figure.
+
+Runs go to a pool of worker processes, one torch thread each (short jobs on a small machine gain more
+from running side by side than from threads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from bitro.accuracy.runs import (
+    DETERMINISTIC,
+    VARIANTS,
+    CohortSpec,
+    RunResult,
+    folds,
+    load_run,
+    run_baseline,
+    run_bitro,
+    save_run,
+)
+
+log = logging.getLogger("bitro")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cached run: a model on a fold of a cohort with a seed and its settings."""
+
+    spec: CohortSpec
+    fold: int
+    model: str
+    seed: int
+    settings: dict[str, Any] = field(hash=False, compare=False)
+    path: Path = field(compare=False)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    logging.getLogger("bitro").setLevel(logging.WARNING)
+
+
+def execute(job: Job) -> tuple[Job, float]:
+    """Run ``job`` unless its result is cached; returns it with the seconds it took."""
+    started = time.perf_counter()
+    if load_run(job.path) is None:
+        fold = folds(job.spec)[job.fold]
+        result: RunResult
+        if job.model in VARIANTS:
+            work = job.path.parent / f".{job.path.name}.work"
+            result = run_bitro(job.spec, fold, job.model, job.seed, job.settings, work)
+            save_run(result, job.path)
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            save_run(run_baseline(job.spec, fold, job.model, job.seed, job.settings), job.path)
+    return job, time.perf_counter() - started
+
+
+def run_jobs(jobs: Iterable[Job], workers: int) -> None:
+    """Execute ``jobs`` on ``workers`` processes (in this process when 0), logging progress."""
+    pending = [j for j in jobs if load_run(j.path) is None]
+    if not pending:
+        return
+    log.info("%d runs to do", len(pending))
+    if workers == 0:
+        _worker_init()
+        for i, job in enumerate(pending, 1):
+            _, seconds = execute(job)
+            log.info(
+                "[%d/%d] %s %s fold%d seed %d: %.0f s",
+                i,
+                len(pending),
+                job.spec.level,
+                job.model,
+                job.fold,
+                job.seed,
+                seconds,
+            )
+        return
+    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+        futures = [pool.submit(execute, job) for job in pending]
+        for i, future in enumerate(as_completed(futures), 1):
+            job, seconds = future.result()
+            log.info(
+                "[%d/%d] %s %s fold%d seed %d: %.0f s",
+                i,
+                len(pending),
+                job.spec.level,
+                job.model,
+                job.fold,
+                job.seed,
+                seconds,
+            )
+
+
+def cohort_spec(level: str, options: dict[str, Any], seed: int) -> CohortSpec:
+    options = dict(options)
+    return CohortSpec(
+        level=level,
+        n_patients=int(options.pop("n_patients")),
+        grid=tuple(options.pop("grid")),
+        n_folds=int(options.pop("n_folds")),
+        validation_fraction=float(options.pop("validation_fraction")),
+        sections_per_patient=int(options.pop("sections_per_patient", 1)),
+        seed=seed,
+        generator=dict(options.pop("generator", {})),
+    )
+
+
+def bitro_settings(config: dict[str, Any], level: str, lr: float, dropout: float) -> dict[str, Any]:
+    """BiTro's settings for ``level`` with a tuned learning rate and dropout."""
+    return {
+        "model": dict(config.get("model", {})) | {"dropout": dropout},
+        "training": dict(config["training"][level]) | {"lr": lr},
+        "phenotypes_k": int(config.get("phenotypes_k", 8)),
+    }
+
+
+def tune(config: dict[str, Any], spec: CohortSpec, out: Path, workers: int) -> dict[str, dict[str, float]]:
+    """The grid for BiTro and the MLP on the tuning fold; the setting of lowest validation MSE of each."""
+    grid = config["tuning"]
+    fold, seed = int(grid.get("fold", 0)), int(grid.get("seed", 0))
+    jobs = []
+    for lr, dropout in product(grid["lr"], grid["dropout"]):
+        tag = f"lr{lr:g}_do{dropout:g}"
+        jobs.append(
+            Job(
+                spec,
+                fold,
+                "bitro",
+                seed,
+                bitro_settings(config, spec.level, lr, dropout),
+                out / "tuning" / f"bitro_{tag}",
+            )
+        )
+        mlp = dict(config.get("mlp", {})) | {"lr": lr, "dropout": dropout}
+        jobs.append(Job(spec, fold, "mlp", seed, mlp, out / "tuning" / f"mlp_{tag}"))
+    run_jobs(jobs, workers)
+    rows, best = [], {}
+    for job in jobs:
+        result = load_run(job.path)
+        assert result is not None
+        lr = job.settings["training"]["lr"] if job.model == "bitro" else job.settings["lr"]
+        dropout = job.settings["model"]["dropout"] if job.model == "bitro" else job.settings["dropout"]
+        rows.append(
+            {"model": job.model, "lr": lr, "dropout": dropout, "validation_mse": result.validation_mse}
+        )
+        if job.model not in best or result.validation_mse < best[job.model]["validation_mse"]:
+            best[job.model] = rows[-1]
+    (out / "tuning.json").write_text(json.dumps({"grid": rows, "chosen": best}, indent=1))
+    return best
+
+
+def benchmark_jobs(config: dict[str, Any], out: Path, chosen: dict[str, dict[str, float]]) -> list[Job]:
+    """Every model × fold × seed of the config, with the tuned settings."""
+    seeds = [int(s) for s in config["seeds"]]
+    jobs = []
+    for level, options in config["cohorts"].items():
+        spec = cohort_spec(level, options, int(config.get("seed", 0)))
+        n_folds = len(folds(spec))
+        bitro = bitro_settings(config, level, chosen["bitro"]["lr"], chosen["bitro"]["dropout"])
+        mlp = dict(config.get("mlp", {})) | {"lr": chosen["mlp"]["lr"], "dropout": chosen["mlp"]["dropout"]}
+        for model in config["models"][level]:
+            model_seeds = (
+                seeds[:1]
+                if model in DETERMINISTIC
+                else seeds[: int(config.get("seeds_of", {}).get(model, len(seeds)))]
+            )
+            settings = bitro if model in VARIANTS else mlp if model == "mlp" else {}
+            for fold, seed in product(range(n_folds), model_seeds):
+                jobs.append(
+                    Job(
+                        spec,
+                        fold,
+                        model,
+                        seed,
+                        settings,
+                        out / "runs" / level / f"{model}_fold{fold}_s{seed}",
+                    )
+                )
+    return jobs
+
+
+def run_benchmark(config: dict[str, Any], out: str | os.PathLike[str], *, workers: int = 2) -> dict[str, Any]:
+    """Tune, run every job and write the report under ``out``; returns the report's tables."""
+    from bitro.accuracy.report import write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    st = cohort_spec("st", config["cohorts"]["st"], int(config.get("seed", 0)))
+    chosen = tune(config, st, out, workers)
+    log.info("tuned on validation: %s", json.dumps(chosen))
+    jobs = benchmark_jobs(config, out, chosen)
+    run_jobs(jobs, workers)
+    return write_report(config, jobs, out, seconds=time.perf_counter() - started)

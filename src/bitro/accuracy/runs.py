@@ -1,0 +1,361 @@
+"""One model on one fold with one seed: BiTro variants, baselines, floors and the permutation null.
+
+Every run predicts the fold's test units in log1p of the cohort's space (spot counts, slide TPM) and
+records its validation MSE (log1p, on the fold's validation samples), which is all that model selection
+sees. BiTro and its variants train through :func:`bitro.train.fit.fit`, the loop the workflow uses;
+the baselines are :mod:`bitro.evaluate.baselines`. Results are cached per run as ``.npz`` + ``.json``
+under the benchmark's folder, so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import Ridge
+
+from bitro._atomic import atomic_path
+from bitro.accuracy.data import BenchFold, patient_folds, sample_data
+from bitro.accuracy.stats import pcc_gene_by_sample
+from bitro.demo.virtual import VirtualCohort, VirtualConfig, bulk_cohort, st_cohort
+from bitro.evaluate.baselines import HestProbe, MLPBaseline, OracleComposition, TrainingMean
+from bitro.features.phenotype import fit_phenotypes
+from bitro.genes.normalise import TargetTransform
+from bitro.model.bitro import BiTro, BiTroConfig
+from bitro.train.data import Bag, SampleData, collate, make_bags
+from bitro.train.fit import CountSpace, TrainConfig, batch_loss, fit
+from bitro.train.run import predict_bags
+
+log = logging.getLogger("bitro")
+
+#: BiTro's ablations (paper Tables 7-8 and the issue's list): overrides of the model and training.
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "bitro": {},
+    # The paper's eq. 9 exactly: one readout shared by every gene, no density input.
+    "paper_readout": {"model": {"readout": "shared", "density_input": False}},
+    "no_gat": {"model": {"gat_layers": 0}},
+    "no_transformer": {"model": {"transformer_layers": 0}},
+    "mean_pool": {"model": {"pooling": "mean"}},
+    "no_cluster": {"training": {"lambda_cluster": 0.0}},
+    "no_zscore": {"zscore": False},
+    "permutation_null": {"permute": True},
+}
+#: Models that need no training seed (one run per fold).
+DETERMINISTIC = ("training_mean", "hest_probe", "oracle", "cell_count")
+
+
+@dataclass(frozen=True)
+class CohortSpec:
+    """How the benchmark draws a cohort and splits it (``config/accuracy.yaml``)."""
+
+    level: str
+    n_patients: int
+    grid: tuple[int, int]
+    n_folds: int
+    validation_fraction: float
+    sections_per_patient: int = 1
+    seed: int = 0
+    generator: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> str:
+        return json.dumps(
+            [self.level, self.n_patients, self.grid, self.sections_per_patient, self.seed, self.generator],
+            sort_keys=True,
+        )
+
+
+@cache
+def _cohort(key: str) -> VirtualCohort:
+    level, n_patients, grid, sections, seed, generator = json.loads(key)
+    config = VirtualConfig(seed=seed, **generator)
+    if level == "st":
+        return st_cohort(config, n_patients=n_patients, sections_per_patient=sections, grid=tuple(grid))
+    return bulk_cohort(config, n_patients=n_patients, grid=tuple(grid))
+
+
+def cohort(spec: CohortSpec) -> VirtualCohort:
+    """The spec's cohort, drawn once per process."""
+    return _cohort(spec.key())
+
+
+def folds(spec: CohortSpec, n_patients: int | None = None) -> list[BenchFold]:
+    """The spec's patient folds (over the first ``n_patients`` patients when given, for learning curves)."""
+    samples = cohort(spec).samples
+    patients = [s.patient_id for s in samples]
+    if n_patients is not None:
+        keep = sorted(set(patients))[:n_patients]
+        patients = [p if p in keep else f"~{p}" for p in patients]
+    out = patient_folds(
+        [p for p in patients if not p.startswith("~")],
+        n_folds=spec.n_folds,
+        validation_fraction=spec.validation_fraction,
+        seed=spec.seed,
+    )
+    return out
+
+
+@dataclass
+class RunResult:
+    """Test predictions (units × genes, log1p) and what the run learnt about itself."""
+
+    prediction: np.ndarray
+    validation_mse: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def truth(spec: CohortSpec, fold: BenchFold) -> tuple[np.ndarray, np.ndarray]:
+    """log1p test targets of ``fold`` (units in sample order) and each unit's sample index."""
+    samples = cohort(spec).samples
+    rows = [np.log1p(samples[i].counts) for i in fold.test]
+    groups = np.concatenate([np.full(len(r), i) for i, r in zip(fold.test, rows, strict=True)])
+    return np.concatenate(rows), groups
+
+
+def _unit_table(spec: CohortSpec, indices: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per unit (ST) or slide (bulk): mean embedding, composition, cell count, log1p target, sample."""
+    table: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("embedding", "composition", "n_cells", "y", "sample")
+    }
+    for i in indices:
+        sample = cohort(spec).samples[i]
+        sizes = np.diff(sample.cell_offsets)
+        unit = np.repeat(np.arange(sample.n_units), sizes)
+        embedding = np.zeros((sample.n_units, sample.features.shape[1]))
+        np.add.at(embedding, unit, sample.features)
+        embedding /= sizes[:, None]
+        composition = sample.composition()
+        n_cells = sizes.astype(np.float64)
+        if sample.level == "bulk":  # one row per slide: its cells' mean and composition, its total
+            embedding = (embedding * sizes[:, None]).sum(0, keepdims=True) / sizes.sum()
+            composition = (composition * sizes[:, None]).sum(0, keepdims=True) / sizes.sum()
+            n_cells = np.array([sizes.sum()], dtype=np.float64)
+        table["embedding"].append(embedding)
+        table["composition"].append(composition)
+        table["n_cells"].append(n_cells)
+        table["y"].append(np.log1p(sample.counts))
+        table["sample"].append(np.full(len(n_cells), i))
+    return {k: np.concatenate(v) for k, v in table.items()}
+
+
+def run_baseline(
+    spec: CohortSpec, fold: BenchFold, model: str, seed: int, options: dict[str, Any]
+) -> RunResult:
+    """A baseline fitted on the fold's training units (validation units for the MLP's early stopping).
+
+    ``training_mean``, ``hest_probe`` (PCA 256 + Ridge), ``mlp`` (``options``: lr, dropout, epochs),
+    ``oracle`` (Ridge on the true composition) and ``cell_count`` (Ridge on the unit's number of cells
+    and its logarithm: the density floor).
+    """
+    train = _unit_table(spec, fold.train)
+    validation = _unit_table(spec, fold.validation)
+    test = _unit_table(spec, fold.test)
+    if model == "training_mean":
+        estimator: Any = TrainingMean()
+        x = "embedding"
+    elif model == "hest_probe":
+        estimator, x = HestProbe(seed=seed), "embedding"
+    elif model == "oracle":
+        estimator, x = OracleComposition(), "composition"
+    elif model == "mlp":
+        estimator = MLPBaseline(
+            seed=seed,
+            lr=float(options.get("lr", 1e-3)),
+            dropout=float(options.get("dropout", 0.0)),
+            max_epochs=int(options.get("epochs", 100)),
+            patience=int(options.get("patience", 10)),
+        )
+        x = "embedding"
+    elif model == "cell_count":
+        features = {
+            role: np.column_stack([t["n_cells"], np.log(t["n_cells"])])
+            for role, t in (("train", train), ("validation", validation), ("test", test))
+        }
+        ridge = Ridge(alpha=1e-3).fit(features["train"], train["y"])
+        return RunResult(
+            ridge.predict(features["test"]),
+            float(((ridge.predict(features["validation"]) - validation["y"]) ** 2).mean()),
+        )
+    else:
+        raise ValueError(f"unknown baseline {model!r}")
+    if model == "mlp":  # early stopping on the fold's own validation units, as BiTro's
+        estimator.fit(train[x], train["y"], validation=(validation[x], validation["y"]))
+    else:
+        estimator.fit(train[x], train["y"])
+    return RunResult(
+        np.asarray(estimator.predict(test[x]), dtype=np.float64),
+        float(((estimator.predict(validation[x]) - validation["y"]) ** 2).mean()),
+        {"best_epoch": getattr(estimator, "best_epoch_", None)},
+    )
+
+
+def _permuted(sample: SampleData, rng: np.random.Generator) -> SampleData:
+    """The null: ``sample`` with its target rows permuted among its units (a bulk slide is unchanged)."""
+    if len(sample.targets) < 2:
+        return sample
+    return SampleData(**{**sample.__dict__, "targets": sample.targets[rng.permutation(len(sample.targets))]})
+
+
+def _attention_entropy(model: BiTro, bags: Sequence[Bag], samples: Sequence[SampleData]) -> float:
+    """Mean over genes and bags of the MIL attention's entropy over the bag's cells / log(cells).
+
+    1 is uniform attention (mean pooling); 0 is attention on one cell. Bags of one cell are skipped.
+    """
+    batch, _, _ = collate(list(bags)[:256], samples)
+    with torch.no_grad():
+        attention = model(batch).attention.double()
+    sizes = batch.bag_sizes
+    entropy = torch.zeros(len(sizes), attention.shape[1], dtype=torch.float64)
+    entropy.index_add_(0, batch.cell_bag, -(attention * attention.clamp_min(1e-30).log()))
+    keep = sizes > 1
+    return float((entropy[keep] / sizes[keep].double().log()[:, None]).mean())
+
+
+def _gradient_norms(
+    model: BiTro,
+    bags: Sequence[Bag],
+    samples: Sequence[SampleData],
+    transform: TargetTransform,
+    config: TrainConfig,
+) -> dict[str, float]:
+    """Gradient norm of each block on one training batch of the trained model."""
+    model.train()
+    counts = CountSpace(transform, "cpu")
+    loss, _ = batch_loss(
+        model,
+        list(bags)[: config.batch_bags],
+        samples,
+        transform,
+        counts,
+        config,
+        device="cpu",
+        rng=np.random.default_rng(0),
+    )
+    model.zero_grad()
+    loss.backward()
+    norms: dict[str, float] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            block = ".".join(name.split(".")[:2])
+            norms[block] = norms.get(block, 0.0) + float(parameter.grad.pow(2).sum())
+    model.zero_grad()
+    model.eval()
+    return {block: value**0.5 for block, value in sorted(norms.items())}
+
+
+def run_bitro(
+    spec: CohortSpec,
+    fold: BenchFold,
+    variant: str,
+    seed: int,
+    settings: dict[str, Any],
+    work_dir: Path,
+) -> RunResult:
+    """BiTro (or a :data:`VARIANTS` entry) trained on the fold with ``seed``; ``settings`` holds
+    ``model`` and ``training`` overrides (the tuned lr and dropout among them) and ``phenotypes_k``."""
+    overrides = VARIANTS[variant]
+    vc = cohort(spec)
+    model_settings = dict(settings.get("model", {})) | overrides.get("model", {})
+    train_settings = dict(settings.get("training", {})) | overrides.get("training", {}) | {"seed": seed}
+    zscore = bool(overrides.get("zscore", True))
+    torch.manual_seed(seed)
+    train_ids = [vc.samples[i].sample_id for i in fold.train]
+    phenotypes = fit_phenotypes(
+        {vc.samples[i].sample_id: vc.samples[i].features for i in fold.train},
+        train_ids,
+        k=int(settings.get("phenotypes_k", 8)),
+        seed=seed,
+    )
+    roles = {"train": fold.train, "validation": fold.validation, "test": fold.test}
+    order = [i for role in ("train", "validation", "test") for i in roles[role]]
+    position = {i: p for p, i in enumerate(order)}
+    samples = [sample_data(vc.samples[i], phenotypes) for i in order]
+    if overrides.get("permute"):
+        rng = np.random.default_rng([seed, 4242])
+        samples = [
+            _permuted(s, rng) if i not in fold.test else s for s, i in zip(samples, order, strict=True)
+        ]
+    bags = {
+        role: [b for i in roles[role] for b in make_bags(samples[position[i]], position[i])] for role in roles
+    }
+    train_rows = np.stack([samples[b.sample].targets[b.target_row] for b in bags["train"]])
+    transform = TargetTransform.fit(train_rows, vc.genes, zscore=zscore, space=samples[0].space)
+    model_settings.setdefault("output", "identity" if zscore else "softplus")
+    config = BiTroConfig(n_genes=len(vc.genes), in_dim=samples[0].features.shape[1], **model_settings)
+    model = BiTro(config)
+    train_config = TrainConfig(**train_settings)
+    started = time.perf_counter()
+    # A work folder left by an interrupted run is resumed only for the same run.
+    fingerprint = json.loads(
+        json.dumps(
+            {"spec": spec.key(), "fold": fold.name, "variant": variant, "settings": settings, "seed": seed}
+        )
+    )
+    result = fit(
+        model,
+        bags["train"],
+        bags["validation"],
+        samples,
+        transform,
+        train_config,
+        work_dir,
+        progress=False,
+        fingerprint=fingerprint,
+    )
+    seconds = time.perf_counter() - started
+    validation_truth = np.log1p(
+        np.stack([samples[b.sample].targets[b.target_row] for b in bags["validation"]])
+    )
+    validation_pred = transform.to_log1p(predict_bags(model, bags["validation"], samples))
+    test_pred = transform.to_log1p(predict_bags(model, bags["test"], samples))
+    history = result.history
+    validation_groups = np.array([b.sample for b in bags["validation"]])
+    info = {
+        "validation_pcc_gene": float(
+            np.nanmean(pcc_gene_by_sample(validation_truth, validation_pred, validation_groups))
+        ),
+        "train": result.to_dict(),
+        "seconds": seconds,
+        "history": history,
+        "cluster_share": float(
+            np.mean(
+                [
+                    train_config.lambda_cluster * h.get("train_cluster", 0.0) / max(h["train_total"], 1e-12)
+                    for h in history
+                ]
+            )
+        ),
+        "attention_entropy": _attention_entropy(model, bags["validation"], samples),
+        "gradient_norms": _gradient_norms(model, bags["train"], samples, transform, train_config),
+        "model_config": config.to_dict(),
+        "train_config": train_config.to_dict(),
+    }
+    return RunResult(test_pred, float(((validation_pred - validation_truth) ** 2).mean()), info)
+
+
+def save_run(result: RunResult, path: Path) -> None:
+    """``path``.npy (prediction) and ``path``.json (validation MSE and info), each written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path.with_suffix(".npy")) as tmp, tmp.open("wb") as handle:
+        np.save(handle, result.prediction)
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        Path(tmp).write_text(
+            json.dumps({"validation_mse": result.validation_mse, "info": result.info}, default=float)
+        )
+
+
+def load_run(path: Path) -> RunResult | None:
+    """A cached run, or None when it has not finished."""
+    array, meta = path.with_suffix(".npy"), path.with_suffix(".json")
+    if not (array.is_file() and meta.is_file()):
+        return None
+    record = json.loads(meta.read_text())
+    prediction = np.load(array)
+    return RunResult(prediction, float(record["validation_mse"]), record["info"])
