@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.bitro-installed
 CORES ?= all
 
-.PHONY: demo ablations test test-fast lint format install clean
+.PHONY: demo ablations accuracy test test-fast lint format install clean
 
 install: $(STAMP)
 
@@ -34,6 +34,13 @@ demo: $(STAMP)
 ablations: $(STAMP)
 	$(RUN) $(BIN)/snakemake ablations --cores $(CORES) --max-threads $(DEMO_THREADS) --configfile config/config.yaml
 	@column -t -s "$$(printf '\t')" results/ablations/table.tsv
+
+# The accuracy benchmark: every model on identical folds of virtual cohorts large enough to separate
+# them (config/accuracy.yaml, docs/accuracy.md); runs are cached in results/accuracy/, so it resumes.
+ACCURACY_WORKERS ?= 2
+
+accuracy: $(STAMP)
+	$(RUN) $(BIN)/bitro accuracy --config config/accuracy.yaml --out results/accuracy --workers $(ACCURACY_WORKERS)
 
 # Two pytest workers (pytest-xdist): most tests are single-threaded, so on 2 cores the suite takes about
 # half the time; the slow workflow tests are started first (tests/conftest.py) so neither worker idles

@@ -157,6 +157,28 @@ def test_mlp_validation_split_by_group():
     assert len(val_groups) == 2 and not val_groups & fit_groups
 
 
+def test_mlp_early_stops_on_a_given_validation_set():
+    """The accuracy benchmark gives the MLP the fold's validation samples, as BiTro gets them."""
+    x, y = _linear_task(n=120, e=6, g=3, seed=2)
+    mlp = MLPBaseline(**{**FAST_MLP, "max_epochs": 4}).fit(x[:90], y[:90], validation=(x[90:], y[90:]))
+    assert mlp.val_units_.tolist() == list(range(90, 120))
+    model = MLPBaseline(**{**FAST_MLP, "max_epochs": 4})
+    model.fit(x[:90], y[:90], validation=(x[90:], y[90:]))
+    np.testing.assert_array_equal(model.predict(x[:5]), mlp.predict(x[:5]))
+    # Standardisation comes from the training units only.
+    np.testing.assert_allclose(mlp._x_mean, x[:90].mean(axis=0))
+
+
+def test_mlp_dropout_layers_only_when_asked():
+    x, y = _linear_task(n=20, e=5, g=3)
+    plain = MLPBaseline(max_epochs=1).fit(x, y)
+    dropped = MLPBaseline(max_epochs=1, dropout=0.1).fit(x, y)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.model_.modules())
+    assert sum(isinstance(m, torch.nn.Dropout) for m in dropped.model_.modules()) == 2
+    with pytest.raises(ValueError, match="dropout"):
+        MLPBaseline(dropout=1.0)
+
+
 def test_mlp_without_validation_warns():
     x, y = _linear_task(n=10, e=3, g=2)
     with pytest.warns(UserWarning, match="no validation split"):

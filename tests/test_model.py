@@ -460,3 +460,17 @@ def test_options_round_trip_and_reach_every_parameter(bags: list[Bag], options: 
     for name, param in model.named_parameters():
         if name not in unused and not name.startswith("mil.readout.fc2"):
             assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_schema_lists_the_model_options_the_model_knows() -> None:
+    import typing
+    from pathlib import Path
+
+    import yaml
+
+    from bitro.model.mil import Pooling, ReadoutKind
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    model = schema["properties"]["model"]["properties"]
+    assert model["readout"]["enum"] == list(typing.get_args(ReadoutKind))
+    assert model["pooling"]["enum"] == list(typing.get_args(Pooling))

@@ -172,7 +172,9 @@ def tune(config: dict[str, Any], spec: CohortSpec, out: Path, workers: int) -> d
 
 
 def benchmark_jobs(config: dict[str, Any], out: Path, chosen: dict[str, dict[str, float]]) -> list[Job]:
-    """Every model × fold × seed of the config, with the tuned settings."""
+    """Every model × fold × seed of the config, with the tuned settings: each model's runs on both
+    cohorts before the next model's, in the order the config lists them, so that a benchmark cut short
+    has the first models complete."""
     seeds = [int(s) for s in config["seeds"]]
     jobs = []
     for level, options in config["cohorts"].items():
@@ -180,12 +182,9 @@ def benchmark_jobs(config: dict[str, Any], out: Path, chosen: dict[str, dict[str
         n_folds = len(folds(spec))
         bitro = bitro_settings(config, level, chosen["bitro"]["lr"], chosen["bitro"]["dropout"])
         mlp = dict(config.get("mlp", {})) | {"lr": chosen["mlp"]["lr"], "dropout": chosen["mlp"]["dropout"]}
+        fewer = config.get("seeds_of" if level == "st" else f"seeds_of_{level}", {})
         for model in config["models"][level]:
-            model_seeds = (
-                seeds[:1]
-                if model in DETERMINISTIC
-                else seeds[: int(config.get("seeds_of", {}).get(model, len(seeds)))]
-            )
+            model_seeds = seeds[:1] if model in DETERMINISTIC else seeds[: int(fewer.get(model, len(seeds)))]
             settings = bitro if model in VARIANTS else mlp if model == "mlp" else {}
             for fold, seed in product(range(n_folds), model_seeds):
                 jobs.append(
@@ -198,19 +197,31 @@ def benchmark_jobs(config: dict[str, Any], out: Path, chosen: dict[str, dict[str
                         out / "runs" / level / f"{model}_fold{fold}_s{seed}",
                     )
                 )
-    return jobs
+    listed = dict.fromkeys(m for models in config["models"].values() for m in models)
+    order = {model: i for i, model in enumerate(listed)}
+    return sorted(jobs, key=lambda job: order[job.model])
 
 
-def run_benchmark(config: dict[str, Any], out: str | os.PathLike[str], *, workers: int = 2) -> dict[str, Any]:
-    """Tune, run every job and write the report under ``out``; returns the report's tables."""
+def run_benchmark(
+    config: dict[str, Any], out: str | os.PathLike[str], *, workers: int = 2, report_only: bool = False
+) -> dict[str, Any]:
+    """Tune, run every job and write the report under ``out``; returns the report's tables.
+
+    ``report_only`` writes the report from the runs finished so far (a model counts once all its folds
+    of a seed are done) and runs nothing.
+    """
     from bitro.accuracy.report import write_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     st = cohort_spec("st", config["cohorts"]["st"], int(config.get("seed", 0)))
-    chosen = tune(config, st, out, workers)
-    log.info("tuned on validation: %s", json.dumps(chosen))
+    if report_only:
+        chosen = json.loads((out / "tuning.json").read_text())["chosen"]
+    else:
+        chosen = tune(config, st, out, workers)
+        log.info("tuned on validation: %s", json.dumps(chosen))
     jobs = benchmark_jobs(config, out, chosen)
-    run_jobs(jobs, workers)
+    if not report_only:
+        run_jobs(jobs, workers)
     return write_report(config, jobs, out, seconds=time.perf_counter() - started)

@@ -340,12 +340,17 @@ def run_bitro(
     return RunResult(test_pred, float(((validation_pred - validation_truth) ** 2).mean()), info)
 
 
+def _beside(path: Path, suffix: str) -> Path:
+    """``path`` with ``suffix`` appended (run names hold dots, e.g. ``lr0.001``)."""
+    return path.with_name(path.name + suffix)
+
+
 def save_run(result: RunResult, path: Path) -> None:
     """``path``.npy (prediction) and ``path``.json (validation MSE and info), each written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path.with_suffix(".npy")) as tmp, tmp.open("wb") as handle:
+    with atomic_path(_beside(path, ".npy")) as tmp, tmp.open("wb") as handle:
         np.save(handle, result.prediction)
-    with atomic_path(path.with_suffix(".json")) as tmp:
+    with atomic_path(_beside(path, ".json")) as tmp:
         Path(tmp).write_text(
             json.dumps({"validation_mse": result.validation_mse, "info": result.info}, default=float)
         )
@@ -353,7 +358,7 @@ def save_run(result: RunResult, path: Path) -> None:
 
 def load_run(path: Path) -> RunResult | None:
     """A cached run, or None when it has not finished."""
-    array, meta = path.with_suffix(".npy"), path.with_suffix(".json")
+    array, meta = _beside(path, ".npy"), _beside(path, ".json")
     if not (array.is_file() and meta.is_file()):
         return None
     record = json.loads(meta.read_text())

@@ -17,7 +17,7 @@ def _cmd_accuracy(args: argparse.Namespace) -> None:
     config = yaml.safe_load(Path(args.config).read_text())
     if args.quick:  # a small cohort and short training: checks the wiring, separates nothing
         config = quick_config(config)
-    tables = run_benchmark(config, args.out, workers=args.workers)
+    tables = run_benchmark(config, args.out, workers=args.workers, report_only=args.report_only)
     log.info("wrote %s/report.md (%d summary rows)", args.out, len(tables["summary"]))
     print((Path(args.out) / "report.md").read_text())
 
@@ -51,4 +51,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     accuracy.add_argument("--out", default="results/accuracy", help="output folder (runs are cached there)")
     accuracy.add_argument("--workers", type=int, default=2, help="worker processes (0: in this process)")
     accuracy.add_argument("--quick", action="store_true", help="tiny cohorts and budgets: a wiring check")
+    accuracy.add_argument(
+        "--report-only", action="store_true", help="report the runs finished so far; run nothing"
+    )
     accuracy.set_defaults(func=_cmd_accuracy)
