@@ -76,6 +76,12 @@ def execute(job: Job) -> tuple[Job, float]:
     return job, time.perf_counter() - started
 
 
+def _log_done(i: int, n: int, job: Job, seconds: float) -> None:
+    log.info(
+        "[%d/%d] %s %s fold%d seed %d: %.0f s", i, n, job.spec.level, job.model, job.fold, job.seed, seconds
+    )
+
+
 def run_jobs(jobs: Iterable[Job], workers: int) -> None:
     """Execute ``jobs`` on ``workers`` processes (in this process when 0), logging progress."""
     pending = [j for j in jobs if load_run(j.path) is None]
@@ -86,31 +92,13 @@ def run_jobs(jobs: Iterable[Job], workers: int) -> None:
         _worker_init()
         for i, job in enumerate(pending, 1):
             _, seconds = execute(job)
-            log.info(
-                "[%d/%d] %s %s fold%d seed %d: %.0f s",
-                i,
-                len(pending),
-                job.spec.level,
-                job.model,
-                job.fold,
-                job.seed,
-                seconds,
-            )
+            _log_done(i, len(pending), job, seconds)
         return
     with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
         futures = [pool.submit(execute, job) for job in pending]
         for i, future in enumerate(as_completed(futures), 1):
             job, seconds = future.result()
-            log.info(
-                "[%d/%d] %s %s fold%d seed %d: %.0f s",
-                i,
-                len(pending),
-                job.spec.level,
-                job.model,
-                job.fold,
-                job.seed,
-                seconds,
-            )
+            _log_done(i, len(pending), job, seconds)
 
 
 def cohort_spec(level: str, options: dict[str, Any], seed: int) -> CohortSpec:
