@@ -737,13 +737,15 @@ def _first(folder: Path, name: str, pattern: str) -> Path:
 
 
 def probe_slide(path: Path) -> str:
-    """Open ``path`` with bitro's reader and decode a region of its smallest level; describe it.
+    """Open ``path`` with bitro's reader, decode the last tile of every level and a region of its smallest
+    level; describe it.
 
     Raises whatever the reader raises for a file it cannot read or decode.
     """
     from bitro.io.slides import open_slide
 
     with open_slide(path, mpp=1.0, mpp_source="probe") as slide:
+        slide.verify()
         level = slide.level_count - 1
         width, height = slide.level_dimensions[level]
         size = (min(width, 512), min(height, 512))

@@ -85,7 +85,16 @@ class Sample:
         )
 
     def open_slide(self) -> Slide:
-        """Open the sample's slide with the sample's pixel size."""
+        """Open the sample's slide with the sample's pixel size, its last tile of every level decoded.
+
+        A truncated or corrupt slide fails here with an ``InputError`` naming it, before any output.
+        """
         from bitro.io.slides import open_slide
 
-        return open_slide(self.slide_path, mpp=self.mpp)
+        slide = open_slide(self.slide_path, mpp=self.mpp)
+        try:
+            slide.verify()
+        except Exception:
+            slide.close()
+            raise
+        return slide

@@ -182,7 +182,9 @@ def read_tcga_expression(tpm_path: str | Path, gene_map_path: str | Path) -> ad.
     obs["patient"] = [_barcode_part(a, "patient") for a in aliquots]
     obs["sample"] = [_barcode_part(a, "sample") for a in aliquots]
     var = pd.DataFrame({"gene_ids": gene_ids.to_numpy()}, index=pd.Index(summed.index.astype(str)))
-    return ad.AnnData(X=summed.to_numpy(dtype=np.float64).T.copy(), obs=obs, var=var)
+    adata = ad.AnnData(X=summed.to_numpy(dtype=np.float64).T.copy(), obs=obs, var=var)
+    adata.uns["path"] = str(tpm_path)
+    return adata
 
 
 def _barcode_part(barcode: str, part: str) -> str | None:
@@ -278,6 +280,12 @@ def _slide_sample(row: Any, expression: ad.AnnData, mpp: float | None) -> Sample
     """Build the bulk ``Sample`` of one slide row (aliquots of its sample code averaged)."""
     aliquots = _aliquots_for(expression, row.sample_code)
     values = np.asarray(expression[aliquots].X, dtype=np.float64).mean(axis=0, keepdims=True)
+    if not np.any(values):
+        tpm_path = expression.uns.get("path", "expression/tpm.tsv")
+        raise InputError(
+            tpm_path,
+            f"every TPM value of {', '.join(aliquots)} (slide {row.slide_id}) is zero: nothing measured",
+        )
     obs = pd.DataFrame({"aliquots": [";".join(aliquots)]}, index=pd.Index([row.slide_id]))
     bulk = ad.AnnData(X=values, obs=obs, var=expression.var.copy())
     with open_slide(row.path, mpp=mpp) as slide:
