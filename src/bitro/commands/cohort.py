@@ -109,28 +109,12 @@ def read_sample_sheet(path: str | Path, *, level: str | None = None) -> tuple[li
         return samples, None
     patients = [p.strip() or s for s, p in zip(samples, sheet["patient_id"], strict=True)]
     if level in (None, "bulk"):
+        from bitro.io.tcga import barcode_contradictions
+
         contradictions = barcode_contradictions(samples, patients)
         if contradictions:
             raise InputError(path, contradictions)
     return samples, patients
-
-
-def barcode_contradictions(samples: list[str], patients: list[str]) -> str:
-    """What contradicts the TCGA barcodes among (sample, patient) pairs, or ``""``."""
-    from bitro.io.tcga import _barcode_part
-
-    bad = []
-    for sample, patient in zip(samples, patients, strict=True):
-        from_barcode = _barcode_part(sample, "patient")
-        if from_barcode is not None and patient.upper() != from_barcode:
-            bad.append(f"{sample} (patient_id {patient}, barcode patient {from_barcode})")
-    if not bad:
-        return ""
-    shown = ", ".join(bad[:5]) + (f" … and {len(bad) - 5} more" if len(bad) > 5 else "")
-    return (
-        f"patient_id contradicts the TCGA barcode of {len(bad)} sample(s): {shown}; a patient's slides "
-        "would end up on both sides of a split: give the barcode's first 12 characters, or leave it empty"
-    )
 
 
 def _cell_extents(samples_dir: Path, samples: list[str]) -> dict[str, tuple[float, float]]:

@@ -300,3 +300,39 @@ def read_folds(path: str | Path) -> Folds:
         raise InputError(path, f"is not a valid folds file ({exc})") from exc
     object.__setattr__(folds, "_path", str(path))
     return folds
+
+
+def split_shortfall(
+    level: str,
+    samples: Sequence[str],
+    patients: Sequence[str] | None,
+    *,
+    group_by: str = "patient",
+    bulk_folds: int = 1,
+    n_strips: int = 5,
+) -> str:
+    """Why a cohort cannot be split by its protocol (the number needed and the number it has), or ``""``.
+
+    The same rules as :func:`leave_one_out`, :func:`patient_split` and :func:`spatial_strips`, checked
+    from the sample sheet alone, before any job runs. An empty patient id stands for its sample.
+    """
+    patients = [p or s for s, p in zip(samples, patients, strict=True)] if patients is not None else None
+    if level == "st":
+        by_patient = group_by == "patient" and patients is not None
+        n = len(set(patients if by_patient and patients is not None else samples))
+        unit = "patients (group_by: patient)" if by_patient else "samples"
+        if n < 2:
+            return f"leave-one-out needs at least 2 {unit}; the cohort has {n}"
+        return ""
+    if level == "bulk":
+        n = len(set(patients if patients is not None else samples))
+        need = 3 if bulk_folds <= 1 else bulk_folds + 2
+        what = "a patient split (test, validation, training)" if bulk_folds <= 1 else f"{bulk_folds}-fold"
+        if n < need:
+            return f"{what} needs at least {need} patients; the cohort has {n}"
+        return ""
+    if not samples:
+        return "the strip protocol needs at least 1 section; the cohort has 0"
+    if n_strips < 3:
+        return f"the strip protocol needs at least 3 strips; evaluation.xenium_strips is {n_strips}"
+    return ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,22 @@ def _barcode_part(barcode: str, part: str) -> str | None:
         return parse_barcode(barcode)[part]
     except ValueError:
         return None
+
+
+def barcode_contradictions(samples: Sequence[str], patients: Sequence[str]) -> str:
+    """What contradicts the TCGA barcodes among (sample, patient) pairs, or ``""``."""
+    bad = []
+    for sample, patient in zip(samples, patients, strict=True):
+        from_barcode = _barcode_part(sample, "patient")
+        if from_barcode is not None and patient.upper() != from_barcode:
+            bad.append(f"{sample} (patient_id {patient}, barcode patient {from_barcode})")
+    if not bad:
+        return ""
+    shown = ", ".join(bad[:5]) + (f" … and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return (
+        f"patient_id contradicts the TCGA barcode of {len(bad)} sample(s): {shown}; a patient's slides "
+        "would end up on both sides of a split: give the barcode's first 12 characters, or leave it empty"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
