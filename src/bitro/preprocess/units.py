@@ -121,7 +121,13 @@ def write_units(units: pd.DataFrame, path: str | Path) -> None:
 
 def read_units(path: str | Path) -> pd.DataFrame:
     """Read ``units.parquet``, checking its columns and that ``unit_id`` is 0..n-1."""
-    units = pd.read_parquet(path)
+    from bitro.io.validate import require_file
+
+    path = require_file(path, "units table (units.parquet)")
+    try:
+        units = pd.read_parquet(path)
+    except Exception as exc:
+        raise InputError(path, f"is not a readable Parquet table ({type(exc).__name__}: {exc})") from exc
     missing = [c for c in UNIT_COLUMNS if c not in units]
     if missing:
         raise InputError(path, f"units table lacks columns {missing}")
