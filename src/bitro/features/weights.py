@@ -12,7 +12,6 @@ import math
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from bitro.errors import WeightsError
 
@@ -140,19 +139,19 @@ def check_dinov3_folder(folder: str | Path) -> list[Path]:
     found: dict[str, tuple[int, ...]] = {}
     for shard in shards:
         found |= {name: shape for name, (_, shape) in safetensors_header(shard).items()}
-    expected = dinov3_expected_shapes(folder)
-    found = {_strip_prefix(name, expected): shape for name, shape in found.items()}
+    expected = {_strip_prefix(name): shape for name, shape in dinov3_expected_shapes(folder).items()}
+    found = {_strip_prefix(name): shape for name, shape in found.items()}
     where = shards[0] if len(shards) == 1 else folder
     check_shapes(where, found, expected, "DINOv3 ViT (config.json)")
     return shards
 
 
-def _strip_prefix(name: str, expected: Mapping[str, Any]) -> str:
-    """``name`` without a leading model prefix (``model.``, ``dinov3.``) when that makes it known."""
-    if name in expected or "." not in name:
-        return name
-    rest = name.split(".", 1)[1]
-    return rest if rest in expected else name
+def _strip_prefix(name: str) -> str:
+    """``name`` without a leading base-model prefix (``model.``, ``dinov3.``), as checkpoints differ in it."""
+    for prefix in ("model.", "dinov3."):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
 
 
 def check_efficientnet_file(path: str | Path) -> None:

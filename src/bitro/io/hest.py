@@ -182,5 +182,7 @@ def read_hest_sample(
         patient_id=_patient(metadata, sample_id),
         spot_diameter_um=positive_number(metadata.get("spot_diameter")),
         cells=cell_table,
-        metadata=metadata | ({"cells_path": str(cells_path)} if cells_path is not None else {}),
+        metadata=metadata
+        | {"metadata_path": str(meta_path)}
+        | ({"cells_path": str(cells_path)} if cells_path is not None else {}),
     )

@@ -42,7 +42,8 @@ def spot_units(sample: Sample, *, mask: TissueMask | None = None) -> pd.DataFram
     if spots is None:
         raise ValueError(f"sample {sample.sample_id!r} is {sample.kind!r}, not ST: it has no spots")
     if sample.spot_diameter_um is None:
-        raise InputError(sample.slide_path, f"sample {sample.sample_id!r} has no spot diameter")
+        where = sample.metadata.get("metadata_path", sample.slide_path)
+        raise InputError(where, f"sample {sample.sample_id!r} has no spot diameter (spot_diameter, µm)")
     xy = spots[["x_px", "y_px"]].to_numpy()
     side_px = sample.spot_diameter_um / sample.mpp
     fraction = np.full(len(xy), np.nan)
