@@ -1441,3 +1441,78 @@ def test_the_corpus_covers_the_cases_tried() -> None:
         + [f"cli/{i}" for i in CLI_IDS]
     )
     assert len(ids) >= 77 and len(set(ids)) == len(ids)
+
+
+# --------------------------------------------------------------------------------------------------
+# the workflow stops before any per-sample job
+# --------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snakemake(workdir: Path, *args: str) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("snakemake")
+    done = subprocess.run(
+        [str(exe), "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--cores", "1", *args],
+        cwd=workdir,
+        env={**os.environ, "PATH": f"{exe.parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    return done.returncode, done.stdout
+
+
+def workflow_project(valid: Valid, workdir: Path, cohort: dict) -> list[str]:
+    """A project of one cohort; the per-sample files a run of its first rules would make."""
+    (workdir / "config").mkdir(parents=True)
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump({"cohorts": {"c": cohort}}))
+    sheet = pd.read_csv(cohort["samples"], sep="\t", dtype=str)
+    return [f"results/c/samples/{s}/tissue.npz" for s in sheet["sample_id"]]
+
+
+@pytest.mark.parametrize(
+    ("layout", "rows"),
+    [
+        ("hest", [("DEMO01", "P1")]),
+        ("hest", [("DEMO01", "P"), ("DEMO02", "P")]),
+        ("tcga", "contradiction"),
+        ("tcga", "two-patients"),
+    ],
+    ids=["st-one-sample", "st-one-patient", "tcga-sheet-contradicts-barcodes", "bulk-two-patients"],
+)
+def test_a_dry_run_stops_on_a_cohort_that_cannot_be_split(
+    valid: Valid, tmp_path: Path, layout: str, rows: list | str
+) -> None:
+    if layout == "hest":
+        cohort = hest_cohort(valid, tmp_path)
+        write_sheet(Path(cohort["samples"]), list(rows))
+    else:
+        cohort = tcga_cohort(valid, tmp_path)
+        ids = valid.tcga_ids
+        if rows == "contradiction":
+            write_sheet(Path(cohort["samples"]), _split_patient([(s, s[:12]) for s in ids]))
+        else:
+            write_sheet(Path(cohort["samples"]), [(s, s[:12]) for s in ids if "A003" not in s])
+    workflow_project(valid, tmp_path, cohort)
+    code, out = snakemake(tmp_path, "--dry-run")
+    assert code != 0 and Path(cohort["samples"]).name in out, out
+    assert "rule tissue" not in out and "rule doctor" not in out
+
+
+def test_a_real_run_stops_at_the_preflight_before_any_per_sample_job(valid: Valid, tmp_path: Path) -> None:
+    """Normalised values where counts are required: the run stops at the check, nothing per sample made."""
+    cohort = hest_cohort(valid, tmp_path)
+    edit_h5ad(Path(cohort["root"]) / "st" / "DEMO02.h5ad", _log1p)
+    tissue = workflow_project(valid, tmp_path, cohort)
+    code, out = snakemake(tmp_path, "--dry-run", *tissue)
+    assert code == 0 and "rule doctor" in out  # the plan holds the check first
+    code, out = snakemake(tmp_path, *tissue)
+    assert code != 0
+    assert "DEMO02.h5ad" in out and "raw integer counts" in out, out
+    assert not (tmp_path / "results" / "c" / "samples").exists()
+    assert not (tmp_path / "results" / "doctor" / "c.ok").exists()
