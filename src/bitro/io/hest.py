@@ -88,7 +88,11 @@ def _read_expression(path: Path) -> ad.AnnData:
     check_not_all_zero(adata.X, path, "counts")
     adata.obsm["spatial"] = check_spatial(adata.obsm, adata.n_obs, path)
     if "in_tissue" in adata.obs:
-        flags = pd.to_numeric(adata.obs["in_tissue"], errors="coerce")
+        raw = adata.obs["in_tissue"]
+        if pd.api.types.is_bool_dtype(raw):
+            flags = raw.astype(int)
+        else:  # ints, or categories / strings of them
+            flags = pd.to_numeric(raw.astype(str), errors="coerce")
         if flags.isna().any() or not flags.isin([0, 1]).all():
             raise InputError(path, 'obs["in_tissue"] must be 0 or 1 for every spot')
         if not flags.any():
