@@ -408,6 +408,7 @@ def test_a_failing_preflight_stops_the_cohort_and_a_passing_one_reruns_nothing(
     sheet = tmp_path / "s.tsv"
     sheet.write_text(f"sample_id\tpatient_id\tmpp\n{first}\tP1\t\n{second}\tP2\t\n")
     config = {"cohorts": {"c1": {"level": "st", "format": "hest", "root": "hest", "samples": "s.tsv"}}}
+    config["genes"] = {"n_genes": 20}  # the small demo measures 80 genes: the default 250 fails the check
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     tissue = [str(Path("results") / "c1" / "samples" / s / "tissue.npz") for s in (first, second, third)]
 
