@@ -1,6 +1,6 @@
 """Preflight checks (``bitro doctor``): a bad cohort fails in seconds, before hours of segmentation.
 
-Five families of checks, each returning :class:`Result` rows (status ``ok``, ``warn``, ``fail`` or
+Six families of checks, each returning :class:`Result` rows (status ``ok``, ``warn``, ``fail`` or
 ``skip``) whose message names the file and the problem; every problem is collected, none stops the
 others:
 
@@ -11,12 +11,19 @@ others:
   backend) exist and their sha256 matches what is expected of them: ``features.weights_sha256`` /
   ``segmentation.cellvit.sha256`` in the config (one digest, or a mapping file name → digest) and/or a
   ``SHA256SUMS`` file in ``sha256sum`` format beside the weights. Digests are computed afresh every
-  run, never cached;
+  run, never cached. Weights no digest vouches for are opened instead: the safetensors header must cover
+  the file and the tensors must fit the architecture (a configured EfficientNet-Lite0 ``.pth`` is loaded as
+  plain tensors and compared);
 - ``gpu``: CUDA devices torch sees; a failure only when the config asks for a GPU (``features.gpu``,
   ``training.gpu``, the ``cellvit`` backend) and none is visible;
-- ``slides``: for every sample of every cohort, the layout's files exist, the slide's pixels decode,
-  the project's reader accepts the sample (sample sheet ``mpp`` honoured) and its µm/px lies in a sane
-  range (``doctor.mpp_range``, default 0.1–2).
+- ``slides``: for every sample of every cohort, the layout's files exist, the last tile of every level
+  of the slide decodes, the project's reader accepts the sample (sample sheet ``mpp`` honoured: integer,
+  non-empty, not all-zero counts, spots in tissue and on the slide) and its µm/px lies in a sane range
+  (``doctor.mpp_range``, default 0.1–2); a precomputed segmentation is read (not empty, unique ids, on the
+  slide; invalid outlines repaired and counted);
+- ``cohort``: the sample sheet agrees with the TCGA barcodes, the cohort has enough samples or patients
+  for its split, and ``genes.n_genes`` does not exceed the genes every sample measures (unless
+  ``genes.up_to``). It runs with ``slides``, from what that check read.
 """
 
 from __future__ import annotations
