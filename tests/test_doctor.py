@@ -202,7 +202,7 @@ def demo_config(root: Path, summary: dict, tmp_path: Path) -> dict:
     cohorts = {}
     for fmt, level in (("hest", "st"), ("tcga", "bulk"), ("xenium", "xenium")):
         sheet = tmp_path / f"{fmt}.tsv"
-        rows = [f"{s}\t{s[:12] if fmt == 'tcga' else 'P'}\t" for s in summary["ids"][fmt]]
+        rows = [f"{s}\t{s[:12] if fmt == 'tcga' else 'P' + s}\t" for s in summary["ids"][fmt]]
         sheet.write_text("sample_id\tpatient_id\tmpp\n" + "\n".join(rows) + "\n")
         cohorts[f"small_{level}"] = {
             "level": level,
@@ -233,7 +233,7 @@ def test_bad_samples_are_all_named_with_their_file(small_demo: tuple[Path, dict]
     (hest / "wsis" / f"{first}.tif").unlink()
     (hest / "wsis" / f"{second}.tif").write_bytes(os.urandom(2048))
     sheet = tmp_path / "sheet.tsv"
-    sheet.write_text(f"sample_id\tpatient_id\tmpp\n{first}\tP\t\n{second}\tP\t\n{third}\tP\t5.0\n")
+    sheet.write_text(f"sample_id\tpatient_id\tmpp\n{first}\tP1\t\n{second}\tP2\t\n{third}\tP3\t5.0\n")
     config = {"cohorts": {"c": {"level": "st", "format": "hest", "root": str(hest), "samples": str(sheet)}}}
     report = run_doctor(config, skip=ONLY_SLIDES)
     assert not report.ok
@@ -318,7 +318,7 @@ def test_cli_exits_0_when_ok_and_1_on_a_failure(
 def test_cli_checks_a_sample_sheet_of_a_layout(small_demo: tuple[Path, dict], tmp_path: Path) -> None:
     root, summary = small_demo
     sheet = tmp_path / "new.tsv"
-    sheet.write_text("sample_id\tpatient_id\n" + "".join(f"{s}\tP\n" for s in summary["ids"]["hest"]))
+    sheet.write_text("sample_id\tpatient_id\n" + "".join(f"{s}\tP{s}\n" for s in summary["ids"]["hest"]))
     args = ["doctor", "--samples", str(sheet), "--format", "hest", "--root", str(root / "hest")]
     assert main([*args, "--skip", "versions,weights,gpu"]) == 0
     with pytest.raises(SystemExit) as exit_info:
@@ -406,8 +406,9 @@ def test_a_failing_preflight_stops_the_cohort_and_a_passing_one_reruns_nothing(
     first, second, third = summary["ids"]["hest"][:3]
     (tmp_path / "config").mkdir()
     sheet = tmp_path / "s.tsv"
-    sheet.write_text(f"sample_id\tpatient_id\tmpp\n{first}\tP\t\n{second}\tP\t\n")
+    sheet.write_text(f"sample_id\tpatient_id\tmpp\n{first}\tP1\t\n{second}\tP2\t\n")
     config = {"cohorts": {"c1": {"level": "st", "format": "hest", "root": "hest", "samples": "s.tsv"}}}
+    config["genes"] = {"n_genes": 20}  # the small demo measures 80 genes: the default 250 fails the check
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     tissue = [str(Path("results") / "c1" / "samples" / s / "tissue.npz") for s in (first, second, third)]
 
@@ -429,7 +430,7 @@ def test_a_failing_preflight_stops_the_cohort_and_a_passing_one_reruns_nothing(
     assert "OK:" in (tmp_path / "results" / "doctor" / "c1.txt").read_text()
 
     # A new sample runs without rerunning the others; checking again (same stamp) reruns nothing.
-    sheet.write_text(sheet.read_text() + f"{third}\tP\t\n")
+    sheet.write_text(sheet.read_text() + f"{third}\tP3\t\n")
     plan = snakemake(tmp_path, "--dry-run", *tissue)
     planned = dry_run_jobs(plan.stdout)
     assert sorted(job["output"][0] for job in planned) == tissue[1:], plan.stdout

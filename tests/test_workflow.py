@@ -144,10 +144,16 @@ def test_a_cohort_training_block_takes_only_per_cohort_settings(tmp_path: Path) 
 def test_real_layout_inputs_are_the_sample_files(tmp_path: Path) -> None:
     """Without the demo, a HEST sample's rule depends on its own h5ad, slide and metadata."""
     config = {"cohorts": {"c1": {"level": "st", "format": "hest", "root": "hest", "samples": "s.tsv"}}}
-    write_project(tmp_path, config, {"s.tsv": "sample_id\tpatient_id\tmpp\nTENX1\tP\t0.25\n"})
-    for sub, name in (("st", "TENX1.h5ad"), ("wsis", "TENX1.tif"), ("metadata", "TENX1.json")):
-        (tmp_path / "hest" / sub).mkdir(parents=True)
-        (tmp_path / "hest" / sub / name).write_text("")
+    sheet = "sample_id\tpatient_id\tmpp\nTENX1\tP1\t0.25\nTENX2\tP2\t0.25\n"
+    write_project(tmp_path, config, {"s.tsv": sheet})
+    for sample in ("TENX1", "TENX2"):
+        for sub, name in (
+            ("st", f"{sample}.h5ad"),
+            ("wsis", f"{sample}.tif"),
+            ("metadata", f"{sample}.json"),
+        ):
+            (tmp_path / "hest" / sub).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "hest" / sub / name).write_text("")
     done = snakemake(tmp_path, "--dry-run", "--printshellcmds")
     assert done.returncode == 0, done.stdout
     assert "--mpp 0.25" in done.stdout
@@ -379,10 +385,16 @@ def test_xenium_bundle_files_with_run_prefixes_are_inputs(tmp_path: Path) -> Non
 
 def hest_project(workdir: Path, extra: dict) -> Path:
     config = {"cohorts": {"c1": {"level": "st", "format": "hest", "root": "hest", "samples": "s.tsv"}}}
-    write_project(workdir, config | extra, {"s.tsv": "sample_id\tpatient_id\tmpp\nTENX1\tP\t0.25\n"})
-    for sub, name in (("st", "TENX1.h5ad"), ("wsis", "TENX1.tif"), ("metadata", "TENX1.json")):
-        (workdir / "hest" / sub).mkdir(parents=True, exist_ok=True)
-        (workdir / "hest" / sub / name).write_text("")
+    sheet = "sample_id\tpatient_id\tmpp\nTENX1\tP1\t0.25\nTENX2\tP2\t0.25\n"
+    write_project(workdir, config | extra, {"s.tsv": sheet})
+    for sample in ("TENX1", "TENX2"):
+        for sub, name in (
+            ("st", f"{sample}.h5ad"),
+            ("wsis", f"{sample}.tif"),
+            ("metadata", f"{sample}.json"),
+        ):
+            (workdir / "hest" / sub).mkdir(parents=True, exist_ok=True)
+            (workdir / "hest" / sub / name).write_text("")
     return workdir
 
 
@@ -418,6 +430,7 @@ def test_precomputed_segmentation_path_per_sample(tmp_path: Path) -> None:
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "seg").mkdir()
     (tmp_path / "seg" / "TENX1.json").write_text("")
+    (tmp_path / "seg" / "TENX2.json").write_text("")
     done = snakemake(tmp_path, "--dry-run", "--printshellcmds")
     assert done.returncode == 0, done.stdout
     assert "--backend precomputed --segmentation seg/TENX1.json" in done.stdout

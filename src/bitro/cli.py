@@ -19,7 +19,7 @@ from bitro.commands import evaluate as evaluate_commands
 from bitro.commands import plot as plot_commands
 from bitro.commands import train as train_commands
 from bitro.commands import transfer as transfer_commands
-from bitro.errors import InputError
+from bitro.errors import BitroError, InputError
 
 if TYPE_CHECKING:
     from bitro.features.encoders import Encoder
@@ -163,6 +163,8 @@ def _cmd_cells(args: argparse.Namespace) -> None:
         table = cells_table(
             cells, mpp=slide.mpp, units=units, source=source, slide_dimensions=slide.dimensions, path=origin
         )
+    if table.empty:
+        raise InputError(origin, f"no cells from {source}: an empty sample cannot be trained on or scored")
     if args.geojson is not None:
         export_cells_geojson(table, args.geojson)
     write_cells(table, args.out)
@@ -305,6 +307,8 @@ def _cmd_reduce(args: argparse.Namespace) -> None:
     from bitro.features.reduce import fit_pca
 
     embeddings, _ = read_embeddings(args.embeddings)
+    if embeddings.ndim != 2 or len(embeddings) == 0:
+        raise InputError(args.embeddings, f"holds no cells (shape {embeddings.shape}): nothing to reduce")
     basis = fit_pca(embeddings, n_components=args.n_components, seed=args.seed)
     with atomic_path(args.out) as tmp, tmp.open("wb") as handle:
         np.save(handle, basis.transform(embeddings))
@@ -367,6 +371,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
     from bitro.io import open_slide
 
     with open_slide(args.slide, mpp=args.mpp) as slide:
+        slide.verify()
         info = {
             "path": str(slide.path),
             "backend": slide.backend,
@@ -564,18 +569,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``bitro`` console script."""
+    """Entry point of the ``bitro`` console script.
+
+    A :class:`~bitro.errors.BitroError` (bad input, config, weights or command line) is printed as one
+    line, ``bitro <verb>: error: <file>: <problem>``, with exit status 2; ``-v`` adds its traceback.
+    Any other exception is a bug and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.captureWarnings(True)
     try:
         args.func(args)
-    except InputError as error:
-        print(f"bitro {args.verb}: error: {error}", file=sys.stderr)
+    except BitroError as error:
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"bitro {args.verb}: error: {_oneline(str(error))}", file=sys.stderr)
         return 2
+    finally:
+        logging.captureWarnings(False)
     return 0
+
+
+def _oneline(text: str) -> str:
+    """``text`` on one line: libraries' multi-line messages joined with spaces."""
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

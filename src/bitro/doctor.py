@@ -1,6 +1,6 @@
 """Preflight checks (``bitro doctor``): a bad cohort fails in seconds, before hours of segmentation.
 
-Five families of checks, each returning :class:`Result` rows (status ``ok``, ``warn``, ``fail`` or
+Six families of checks, each returning :class:`Result` rows (status ``ok``, ``warn``, ``fail`` or
 ``skip``) whose message names the file and the problem; every problem is collected, none stops the
 others:
 
@@ -11,16 +11,24 @@ others:
   backend) exist and their sha256 matches what is expected of them: ``features.weights_sha256`` /
   ``segmentation.cellvit.sha256`` in the config (one digest, or a mapping file name → digest) and/or a
   ``SHA256SUMS`` file in ``sha256sum`` format beside the weights. Digests are computed afresh every
-  run, never cached;
+  run, never cached. Weights no digest vouches for are opened instead: the safetensors header must cover
+  the file and the tensors must fit the architecture (a configured EfficientNet-Lite0 ``.pth`` is loaded as
+  plain tensors and compared);
 - ``gpu``: CUDA devices torch sees; a failure only when the config asks for a GPU (``features.gpu``,
   ``training.gpu``, the ``cellvit`` backend) and none is visible;
-- ``slides``: for every sample of every cohort, the layout's files exist, the slide's pixels decode,
-  the project's reader accepts the sample (sample sheet ``mpp`` honoured) and its µm/px lies in a sane
-  range (``doctor.mpp_range``, default 0.1–2).
+- ``slides``: for every sample of every cohort, the layout's files exist, the last tile of every level
+  of the slide decodes, the project's reader accepts the sample (sample sheet ``mpp`` honoured: integer,
+  non-empty, not all-zero counts, spots in tissue and on the slide) and its µm/px lies in a sane range
+  (``doctor.mpp_range``, default 0.1–2); a precomputed segmentation is read (not empty, unique ids, on the
+  slide; invalid outlines repaired and counted);
+- ``cohort``: the sample sheet agrees with the TCGA barcodes, the cohort has enough samples or patients
+  for its split, and ``genes.n_genes`` does not exceed the genes every sample measures (unless
+  ``genes.up_to``). It runs with ``slides``, from what that check read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as metadata
 import json
 import math
@@ -37,11 +45,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bitro._hashing import file_sha256, files_sha256
-from bitro.errors import InputError
+from bitro.errors import BitroError, InputError
 
 Status = Literal["ok", "warn", "fail", "skip"]
 STATUSES: tuple[Status, ...] = ("ok", "warn", "fail", "skip")
-CHECKS = ("config", "versions", "weights", "gpu", "slides")
+CHECKS = ("config", "versions", "weights", "gpu", "slides", "cohort")
 
 #: Sane range of level-0 µm/px for H&E (40x scanners ≈ 0.25, 20x ≈ 0.5); ``doctor.mpp_range`` overrides it.
 MPP_RANGE = (0.1, 2.0)
@@ -366,6 +374,9 @@ class WeightsSpec:
         Digests known without the config (the packaged EfficientNet-Lite0), file name → digest.
     help
         What to put where when a file is missing.
+    structure
+        Checks the weights without a digest: the file is whole and its tensors fit the architecture
+        (raises :class:`~bitro.errors.BitroError`); run when no expected sha256 vouches for them.
     """
 
     label: str
@@ -376,6 +387,7 @@ class WeightsSpec:
     expected: str | Mapping[str, str] | None = None
     known: dict[str, str] = field(default_factory=dict)
     help: str = ""
+    structure: Callable[[], Any] | None = None
 
 
 def _expectations(spec: WeightsSpec) -> tuple[dict[Path, list[tuple[str, str]]], list[Result]]:
@@ -434,7 +446,24 @@ def check_weights(spec: WeightsSpec) -> list[Result]:
         results += _compare(spec, path, digest_of(path), expected.get(path, []))
     if isinstance(spec.expected, str) and len(spec.weights) > 1 and all(p.is_file() for p in spec.weights):
         results.append(_compare_combined(spec))
+    vouched = spec.expected is not None or all(path in expected for path in spec.weights)
+    if spec.structure is not None and not vouched and all(p.is_file() for p in spec.required):
+        results.append(_check_structure(spec))
     return results
+
+
+def _check_structure(spec: WeightsSpec) -> Result:
+    """Open the weights' headers: whole files whose tensors fit the architecture (no digest needed)."""
+    assert spec.structure is not None
+    names = ", ".join(p.name for p in spec.weights)
+    try:
+        spec.structure()
+    except BitroError as exc:
+        return Result("weights", spec.label, "fail", str(exc))
+    except Exception as exc:
+        text = f"{spec.folder}: {names} cannot be read ({type(exc).__name__}: {exc})"
+        return Result("weights", spec.label, "fail", text)
+    return Result("weights", spec.label, "ok", f"{spec.folder}: {names} whole, tensors fit the architecture")
 
 
 def _compare(spec: WeightsSpec, path: Path, actual: str, wanted: list[tuple[str, str]]) -> list[Result]:
@@ -490,6 +519,8 @@ def encoder_spec(features: Mapping[str, Any], repo: Path | None) -> WeightsSpec 
         folder = resolve(configured or DEFAULT_DINOV3, repo)
         folder = folder.parent if folder.suffix == ".safetensors" else folder
         shards = sorted(folder.glob("*.safetensors")) or [folder / "model.safetensors"]
+        from bitro.features.weights import check_dinov3_folder
+
         return WeightsSpec(
             label,
             folder,
@@ -498,14 +529,24 @@ def encoder_spec(features: Mapping[str, Any], repo: Path | None) -> WeightsSpec 
             "features.weights_sha256",
             expected,
             help=DINOV3_HELP,
+            structure=lambda: check_dinov3_folder(folder),
         )
     if encoder != "efficientnet_lite0":
         return Result("weights", label, "fail", f"unknown encoder {encoder!r} (features.encoder)")
     if configured:
         path = resolve(configured, repo)
         help_text = "give the EfficientNet-Lite0 .pth in features.weights, or drop it for the packaged one"
+        from bitro.features.weights import check_efficientnet_file
+
         return WeightsSpec(
-            label, path.parent, [path], [path], "features.weights_sha256", expected, help=help_text
+            label,
+            path.parent,
+            [path],
+            [path],
+            "features.weights_sha256",
+            expected,
+            help=help_text,
+            structure=lambda: check_efficientnet_file(path),
         )
     try:
         from bitro.features.efficientnet import packaged_weights
@@ -737,13 +778,20 @@ def _first(folder: Path, name: str, pattern: str) -> Path:
 
 
 def probe_slide(path: Path) -> str:
-    """Open ``path`` with bitro's reader and decode a region of its smallest level; describe it.
+    """Open ``path`` with bitro's reader, decode the last tile of every level and a region of its smallest
+    level; describe it.
 
     Raises whatever the reader raises for a file it cannot read or decode.
     """
+    return _probe(path)[0]
+
+
+def _probe(path: Path) -> tuple[str, tuple[int, int]]:
+    """:func:`probe_slide`'s description and the slide's level-0 (width, height)."""
     from bitro.io.slides import open_slide
 
     with open_slide(path, mpp=1.0, mpp_source="probe") as slide:
+        slide.verify()
         level = slide.level_count - 1
         width, height = slide.level_dimensions[level]
         size = (min(width, 512), min(height, 512))
@@ -751,7 +799,7 @@ def probe_slide(path: Path) -> str:
         corner = (int((width - size[0]) / 2 * scale), int((height - size[1]) / 2 * scale))
         slide.read_region(corner, level, size)
         w0, h0 = slide.dimensions
-        return f"{slide.backend}, {w0}×{h0} px, {slide.level_count} level(s)"
+        return f"{slide.backend}, {w0}×{h0} px, {slide.level_count} level(s)", (w0, h0)
 
 
 @dataclass
@@ -765,6 +813,7 @@ class CohortContext:
     crops_mpp: float
     segmentation: dict[str, Any]
     expression: Any = None  # TCGA: the cohort's TPM table, read once
+    genes: dict[str, set[str]] = field(default_factory=dict)  # sample → genes measured (readable samples)
 
 
 def check_sample(ctx: CohortContext, sample: str, mpp: float | None) -> list[Result]:
@@ -780,7 +829,7 @@ def check_sample(ctx: CohortContext, sample: str, mpp: float | None) -> list[Res
     description = ""
     if slide is not None and slide.is_file():
         try:
-            description = probe_slide(slide)
+            description, _ = _probe(slide)
         except Exception as exc:
             message = str(exc) if isinstance(exc, InputError) else f"{slide}: {type(exc).__name__}: {exc}"
             results.append(Result("slides", subject, "fail", f"cannot read the slide: {message}"))
@@ -826,6 +875,49 @@ def _segmentation_problems(ctx: CohortContext, sample: str, subject: str) -> lis
     return []
 
 
+def segmentation_file(ctx: CohortContext, sample: str) -> Path | None:
+    """The precomputed segmentation the workflow will read for ``sample``, when it exists."""
+    if ctx.segmentation.get("backend") != "precomputed":
+        return None
+    pattern = ctx.segmentation.get("path")
+    if pattern:
+        path = Path(str(pattern).format(sample=sample))
+        return path if path.is_file() else None
+    if ctx.fmt == "hest":
+        base = ctx.root / "cellvit_seg" / f"{sample}_cellvit_seg"
+        names = [base.with_name(base.name + s) for s in (".parquet", ".geojson", ".geojson.zip")]
+        return next((p for p in names if p.is_file()), None)
+    return None
+
+
+def check_segmentation(path: Path, subject: str, dimensions: tuple[int, int], mpp: float) -> list[Result]:
+    """A segmentation: readable, not empty, unique ids, valid outlines (repairs counted), on the slide."""
+    import numpy as np
+
+    from bitro.io.cells import cells_frame, read_cell_segmentation
+    from bitro.preprocess.cells import EDGE_TOLERANCE_UM
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            cells = cells_frame(read_cell_segmentation(path), mpp=mpp, source="check")
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, BitroError) else f"{path}: {type(exc).__name__}: {exc}"
+            return [Result("slides", subject, "fail", message)]
+    results = [Result("slides", subject, "warn", str(w.message)) for w in caught if _relevant(w)]
+    x, y = cells["x_px"].to_numpy(), cells["y_px"].to_numpy()
+    width, height = dimensions
+    margin = EDGE_TOLERANCE_UM / mpp
+    outside = (x < -margin) | (y < -margin) | (x > width + margin) | (y > height + margin)
+    if outside.any() or not np.isfinite(x).all():
+        text = (
+            f"{path}: {int(outside.sum())} of {len(x)} cells lie outside the slide ({width}×{height} px): "
+            "was it made for another slide or pyramid level?"
+        )
+        return [*results, Result("slides", subject, "fail", text)]
+    return [*results, Result("slides", subject, "ok", f"{path}: {len(cells)} cells")]
+
+
 def _read_sample(
     ctx: CohortContext, sample: str, mpp: float | None, subject: str, description: str
 ) -> list[Result]:
@@ -844,7 +936,7 @@ def _read_sample(
             else:
                 read = read_sample(ctx.fmt, ctx.root, sample, mpp=mpp)
         except Exception as exc:
-            message = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+            message = str(exc) if isinstance(exc, BitroError) else f"{type(exc).__name__}: {exc}"
             return [Result("slides", subject, "fail", message)]
     results += [Result("slides", subject, "warn", str(w.message)) for w in caught if _relevant(w)]
     low, high = ctx.mpp_range
@@ -859,10 +951,36 @@ def _read_sample(
         results.append(Result("slides", subject, "warn", text))
     unit = {"st": "spots", "xenium": "cells"}.get(read.kind, "profile")
     measured = f"{read.expression.n_obs} {unit} × {read.expression.n_vars} genes"
+    if read.kind == "st":
+        if read.spot_diameter_um is None:
+            meta = ctx.root / "metadata" / f"{sample}.json"
+            text = f"{meta}: spot_diameter (µm) is missing or not positive: the spots cannot be drawn"
+            return [*results, Result("slides", subject, "fail", text)]
+        obs = read.expression.obs
+        if "in_tissue" in obs:
+            outside = int((obs["in_tissue"].astype(int) == 0).sum())
+            if outside:
+                measured += f" ({outside} outside tissue: left out of training and scoring)"
+    segmentation = segmentation_file(ctx, sample)
+    if segmentation is not None:
+        with open_slide_dims(read.slide_path) as dims:
+            results += check_segmentation(segmentation, subject, dims, read.mpp)
+        if any(r.status == "fail" for r in results):
+            return results
+    ctx.genes[sample] = set(read.expression.var_names.astype(str))
     return [
         *results,
         Result("slides", subject, "ok", f"{read.slide_path}: {description}, {pixel}; {measured}"),
     ]
+
+
+@contextlib.contextmanager
+def open_slide_dims(path: Path) -> Iterator[tuple[int, int]]:
+    """The level-0 (width, height) of a slide (opened and closed again)."""
+    from bitro.io.slides import open_slide
+
+    with open_slide(path, mpp=1.0, mpp_source="probe") as slide:
+        yield slide.dimensions
 
 
 def _mpp_source(sample: Any) -> str:
@@ -905,8 +1023,12 @@ def check_cohort(
     repo: Path | None,
     *,
     limits: tuple[float, float] | None = None,
+    protocol: bool = True,
 ) -> list[Result]:
-    """Every sample of one cohort; demo cohorts whose data is not written yet are skipped with a note."""
+    """Every sample of one cohort; demo cohorts whose data is not written yet are skipped with a note.
+
+    ``protocol``: also the checks of the cohort as a whole (:func:`check_protocol`).
+    """
     sheet_path = resolve(cohort.get("samples", ""), repo)
     root = Path(cohort.get("root", ""))
     if cohort.get("generated_by_demo") and not root.is_dir():
@@ -947,6 +1069,70 @@ def check_cohort(
         results += _guard("slides", f"{name}/{sample}", lambda s=sample, m=mpp: check_sample(ctx, s, m))
     if rows and not any(r.status == "fail" for r in results):
         results.append(Result("slides", name, "ok", f"{len(rows)} sample(s) of {sheet_path} read"))
+    if protocol:
+        results += _guard("cohort", name, lambda: check_protocol(ctx, cohort, config, sheet_path))
+    return results
+
+
+def sheet_patients(path: Path) -> tuple[list[str], list[str] | None]:
+    """A sheet's sample ids and patient ids (an empty patient id is the sample's own), rows in order."""
+    import pandas as pd
+
+    sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    samples = sheet["sample_id"].str.strip().tolist()
+    if "patient_id" not in sheet.columns:
+        return samples, None
+    return samples, [p.strip() or s for s, p in zip(samples, sheet["patient_id"], strict=True)]
+
+
+def check_protocol(
+    ctx: CohortContext, cohort: Mapping[str, Any], config: Mapping[str, Any], sheet_path: Path
+) -> list[Result]:
+    """What the cohort as a whole must offer: a sheet that agrees with the TCGA barcodes, enough samples
+    or patients for its split, and as many genes as ``genes.n_genes`` asks for."""
+    from bitro.evaluate.splits import split_shortfall
+    from bitro.genes.selection import excluded_genes
+    from bitro.io.tcga import barcode_contradictions
+
+    try:
+        samples, patients = sheet_patients(sheet_path)
+    except Exception:
+        return []  # the sheet's own problems are reported by the slides check
+    results = []
+    if ctx.fmt == "tcga" and patients is not None:
+        contradiction = barcode_contradictions(samples, patients)
+        if contradiction:
+            results.append(Result("cohort", ctx.name, "fail", f"{sheet_path}: {contradiction}"))
+    evaluation = _section(config, "evaluation")
+    group_by = str(cohort.get("group_by") or evaluation.get("st_group_by", "patient"))
+    level = str(cohort.get("level") or {"hest": "st", "tcga": "bulk"}.get(ctx.fmt, "xenium"))
+    shortfall = split_shortfall(
+        level,
+        samples,
+        patients,
+        group_by=group_by,
+        bulk_folds=int(evaluation.get("bulk_folds", 1)),
+        n_strips=int(evaluation.get("xenium_strips", 5)),
+    )
+    if shortfall:
+        hint = " (or evaluation.st_group_by: sample)" if "group_by: patient" in shortfall else ""
+        text = f"{sheet_path}: {shortfall}: add samples{hint} or leave the cohort out"
+        results.append(Result("cohort", ctx.name, "fail", text))
+    genes = _section(config, "genes")
+    n_genes = genes.get("n_genes")
+    if n_genes is not None and not genes.get("up_to") and not cohort.get("gene_list") and ctx.genes:
+        shared = sorted(set.intersection(*ctx.genes.values()))
+        candidates = len(shared) - int(excluded_genes(shared).sum())
+        if int(n_genes) > candidates:
+            text = (
+                f"{sheet_path}: genes.n_genes is {n_genes}, but the cohort's samples share {candidates} "
+                "candidate genes (measured in every sample, not mitochondrial, ribosomal or control): "
+                "lower genes.n_genes, give a gene_list, or set genes.up_to: true"
+            )
+            results.append(Result("cohort", ctx.name, "fail", text))
+    if not results:
+        text = f"{sheet_path}: {len(samples)} sample(s), splittable by {level} protocol"
+        results.append(Result("cohort", ctx.name, "ok", text))
     return results
 
 
@@ -1003,7 +1189,7 @@ def run_doctor(
             f"unknown cohort(s) or check(s): {unknown} (cohorts: {list(all_cohorts)}, checks: {CHECKS})"
         )
     results: list[Result] = []
-    for check, run in _families(config, names, repo, gpu_elsewhere, limits, validate):
+    for check, run in _families(config, names, repo, gpu_elsewhere, limits, validate, "cohort" not in skip):
         if check not in skip:
             results += _guard(check, check, run)
     return Report(results, time.perf_counter() - start, source)
@@ -1016,6 +1202,7 @@ def _families(
     gpu_elsewhere: bool,
     limits: tuple[float, float] | None,
     validate: bool,
+    protocol: bool = True,
 ) -> Iterator[tuple[str, Callable[[], list[Result]]]]:
     cohorts = _section(config, "cohorts")
     pins = None if repo is None else repo / "requirements" / "cpu.txt"
@@ -1025,4 +1212,9 @@ def _families(
     yield "weights", lambda: check_all_weights(config, names, repo)
     yield "gpu", lambda: check_gpu(gpu_requests(config, names), elsewhere=gpu_elsewhere)
     for name in names:
-        yield "slides", lambda n=name: check_cohort(n, _section(cohorts, n), config, repo, limits=limits)
+        yield (
+            "slides",
+            lambda n=name: check_cohort(
+                n, _section(cohorts, n), config, repo, limits=limits, protocol=protocol
+            ),
+        )

@@ -1,12 +1,25 @@
-"""Errors raised on bad input: each names the file and the problem."""
+"""Errors raised on bad input: each names the file (or the option) and the problem.
+
+Every user-facing fault is a :class:`BitroError`; ``bitro <verb>`` prints it as one line,
+``bitro <verb>: error: <file>: <problem>``, and exits with status 2. Anything else is a bug and keeps its
+traceback.
+"""
 
 from __future__ import annotations
 
 from os import PathLike
 
 
-class InputError(ValueError):
-    """A user's input file is unusable; the message names the file and what is wrong with it."""
+class BitroError(Exception):
+    """A fault of the user's input, config or command line; the message names the file and the problem.
+
+    Attributes
+    ----------
+    path
+        The file (or command-line option, or config key) at fault.
+    problem
+        What is wrong with it, and where possible what to do about it.
+    """
 
     def __init__(self, path: str | PathLike[str], problem: str) -> None:
         self.path = str(path)
@@ -14,8 +27,24 @@ class InputError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class InputError(BitroError, ValueError):
+    """A user's input file is unusable; the message names the file and what is wrong with it."""
+
+
 class MissingInputError(InputError, FileNotFoundError):
     """A file the input layout requires does not exist."""
 
     def __init__(self, path: str | PathLike[str], what: str = "required file") -> None:
         super().__init__(path, f"{what} not found")
+
+
+class ConfigError(BitroError, ValueError):
+    """The config, a sample sheet's contents or a setting asks for something the data cannot give."""
+
+
+class WeightsError(InputError):
+    """A weights file is missing, truncated, or does not fit the architecture."""
+
+
+class UsageError(BitroError, ValueError):
+    """The command line names something that does not exist (a fold, a mode) or lacks an option."""

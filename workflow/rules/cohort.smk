@@ -22,9 +22,10 @@ rule genes:
         ),
         n_genes=config["genes"]["n_genes"],
         n_hvg=config["genes"]["n_hvg"],
+        up_to="--up-to" if config["genes"]["up_to"] else "",
     shell:
         "bitro genes --targets {input.targets} --level {params.level} {params.gene_list} "
-        "--n-genes {params.n_genes} --n-hvg {params.n_hvg} --out {output} > {log} 2>&1"
+        "--n-genes {params.n_genes} --n-hvg {params.n_hvg} {params.up_to} --out {output} > {log} 2>&1"
 
 
 rule folds:

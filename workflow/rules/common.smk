@@ -36,6 +36,59 @@ def load_sample_sheet(cohort):
 
 
 SAMPLES = {cohort: load_sample_sheet(cohort) for cohort in COHORTS}
+TCGA_BARCODE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}(-[A-Z0-9]+)*$", re.IGNORECASE)
+
+
+def sheet_problems(cohort):
+    """What makes a cohort unusable, known from its sample sheet alone (bitro doctor checks the same).
+
+    Checked when the workflow is parsed, so that a dry run already stops on it: a sheet whose patient_id
+    contradicts the TCGA barcodes (a patient's slides on both sides of a split), and a cohort too small
+    for its split.
+    """
+    path = COHORTS[cohort]["samples"]
+    sheet = SAMPLES[cohort]
+    level = COHORTS[cohort]["level"]
+    samples = sheet["sample_id"].astype(str).tolist()
+    if "patient_id" in sheet:
+        patients = sheet["patient_id"].fillna(sheet["sample_id"]).astype(str).tolist()
+    else:
+        patients = samples
+    problems = []
+    if level == "bulk":
+        wrong = [
+            f"{s} ({p})"
+            for s, p in zip(samples, patients)
+            if TCGA_BARCODE.match(s) and p.upper() != s.upper()[:12]
+        ]
+        if wrong:
+            problems.append(
+                f"patient_id contradicts the TCGA barcode (first 12 characters) of {wrong[:5]}"
+            )
+        need = 3 if EVALUATION["bulk_folds"] <= 1 else EVALUATION["bulk_folds"] + 2
+        have = len(set(patients))
+        if have < need:
+            problems.append(
+                f"the bulk split needs at least {need} patients; the cohort has {have}"
+            )
+    elif level == "st":
+        by_patient = st_group_by(cohort) == "patient"
+        have = len(set(patients if by_patient else samples))
+        if have < 2:
+            unit = "patients (group_by: patient)" if by_patient else "samples"
+            problems.append(
+                f"leave-one-out needs at least 2 {unit}; the cohort has {have}"
+            )
+    return [f"{path}: {problem}" for problem in problems]
+
+
+def check_sheets():
+    problems = [p for cohort in COHORTS for p in sheet_problems(cohort)]
+    if problems and config["doctor"]["enabled"]:
+        raise ValueError(
+            "sample sheet(s) unusable (bitro doctor lists every problem):\n  "
+            + "\n  ".join(problems)
+        )
 
 
 def _alternatives(values):
@@ -214,6 +267,9 @@ def samples_dir(wildcards):
 
 def st_group_by(cohort):
     return COHORTS[cohort].get("group_by", EVALUATION["st_group_by"])
+
+
+check_sheets()
 
 
 def fold_names(cohort):

@@ -38,6 +38,8 @@ def doctor_settings(wildcards, input):
         "segmentation": _pick(config["segmentation"], ("backend", "path", "cellvit")),
         "crops": _pick(config["crops"], ("mpp",)),
         "training": _pick(TRAINING, ("gpu",)),
+        "evaluation": _pick(EVALUATION, ("st_group_by", "bulk_folds", "xenium_strips")),
+        "genes": _pick(config["genes"], ("n_genes", "up_to")),
         "doctor": DOCTOR,
         "demo": _pick(DEMO, ("outdir",)),
     }

@@ -21,10 +21,19 @@ def sample_dirs(samples_dir: str | Path, samples: list[str]) -> dict[str, Path]:
 def _cmd_genes(args: argparse.Namespace) -> None:
     import anndata as ad
 
+    from bitro.errors import ConfigError, InputError
     from bitro.genes.selection import read_gene_list, select_genes, write_gene_list
     from bitro.io.validate import require_file
 
-    adatas = [ad.read_h5ad(require_file(p, "targets")) for p in args.targets]
+    adatas = []
+    for path in args.targets:
+        adata = ad.read_h5ad(require_file(path, "targets"))
+        if args.level == "st" and "in_tissue" in adata.obs:
+            adata = adata[adata.obs["in_tissue"].to_numpy().astype(bool)]  # spots outside tissue: left out
+        if adata.n_obs == 0:
+            raise InputError(path, "holds no units in tissue (an empty sample): it cannot take part")
+        adatas.append(adata)
+    where = Path(args.targets[0]).parent.parent if len(args.targets) > 1 else Path(args.targets[0])
     if args.gene_list:
         genes = read_gene_list(args.gene_list)
         measured = set.intersection(*(set(a.var_names.astype(str)) for a in adatas))
@@ -36,53 +45,126 @@ def _cmd_genes(args: argparse.Namespace) -> None:
                 missing[:10],
             )
         genes = sorted(g for g in genes if g in measured)
+        if not genes:
+            raise InputError(args.gene_list, "none of its genes is measured in every sample")
     else:
-        genes = select_genes(
-            adatas, n_genes=args.n_genes, n_hvg=args.n_hvg, per_sample_hvg=args.level != "bulk"
-        )
+        try:
+            genes = select_genes(
+                adatas, n_genes=args.n_genes, n_hvg=args.n_hvg, per_sample_hvg=args.level != "bulk"
+            )
+        except ValueError as exc:
+            raise InputError(where, str(exc)) from exc
+        if len(genes) < args.n_genes:
+            text = (
+                f"{len(genes)} candidate genes (highly variable, measured in every sample, not "
+                f"mitochondrial, ribosomal or control) for --n-genes {args.n_genes}"
+            )
+            if not args.up_to:
+                raise ConfigError(
+                    where,
+                    f"{text}: lower genes.n_genes, give a gene list, or set genes.up_to: true "
+                    "(--up-to) to keep up to that many",
+                )
+            log.warning("%s: %s; keeping all %d (genes.up_to)", where, text, len(genes))
     if not genes:
-        raise SystemExit("bitro genes: no gene left to predict")
+        raise InputError(where, "no gene left to predict")
     write_gene_list(genes, args.out)
     log.info("%d genes -> %s", len(genes), args.out)
 
 
+def read_sample_sheet(path: str | Path, *, level: str | None = None) -> tuple[list[str], list[str] | None]:
+    """The sample ids of a sheet and its patient ids (``None`` without a ``patient_id`` column).
+
+    An empty patient id stands for the sample itself. For bulk (TCGA) cohorts a sample id that is a TCGA
+    barcode must agree with its patient id (the barcode's first 12 characters), so that two slides of one
+    patient can never be split apart.
+
+    Raises
+    ------
+    InputError
+        The sheet is missing, unreadable, lacks ``sample_id``, has empty or duplicated sample ids, or
+        contradicts the TCGA barcodes.
+    """
+    import pandas as pd
+
+    from bitro.errors import InputError
+    from bitro.io.validate import require_file
+
+    path = require_file(path, "sample sheet")
+    try:
+        sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not a readable TSV sample sheet ({exc})") from exc
+    if "sample_id" not in sheet.columns:
+        raise InputError(path, "missing column 'sample_id'")
+    samples = sheet["sample_id"].str.strip().tolist()
+    if not samples:
+        raise InputError(path, "lists no samples")
+    if any(not s for s in samples):
+        raise InputError(path, "a row has an empty sample_id")
+    dupes = sorted({s for s in samples if samples.count(s) > 1})
+    if dupes:
+        raise InputError(path, f"duplicated sample_id {dupes}")
+    if "patient_id" not in sheet.columns:
+        return samples, None
+    patients = [p.strip() or s for s, p in zip(samples, sheet["patient_id"], strict=True)]
+    if level in (None, "bulk"):
+        from bitro.io.tcga import barcode_contradictions
+
+        contradictions = barcode_contradictions(samples, patients)
+        if contradictions:
+            raise InputError(path, contradictions)
+    return samples, patients
+
+
 def _cell_extents(samples_dir: Path, samples: list[str]) -> dict[str, tuple[float, float]]:
     """Each sample's x range (µm) over its cells, the last cell inside (strips are half-open)."""
+    from bitro.errors import InputError
     from bitro.preprocess.cells import read_cells
 
+    if samples_dir is None:
+        raise InputError("--samples-dir", "strips are cut from the cells' extent: give --samples-dir")
     extents = {}
     for sample, folder in sample_dirs(samples_dir, samples).items():
         x = read_cells(folder / "cells.parquet", geometry=False)["x_um"].to_numpy()
+        if len(x) == 0:
+            raise InputError(folder / "cells.parquet", "holds no cells: the sample cannot be cut into strips")
         extents[sample] = (float(x.min()), float(np.nextafter(x.max(), np.inf)))
     return extents
 
 
 def _cmd_folds(args: argparse.Namespace) -> None:
-    import pandas as pd
-
+    from bitro.errors import ConfigError, InputError
     from bitro.evaluate.splits import leave_one_out, patient_split, spatial_strips, write_folds
 
-    sheet = pd.read_csv(args.sample_sheet, sep="\t", dtype=str)
-    samples = sheet["sample_id"].tolist()
-    patients = sheet["patient_id"].fillna(sheet["sample_id"]).tolist() if "patient_id" in sheet else None
-    if args.level == "st":
-        groups = patients if args.group_by == "patient" else None
-        # Two groups leave none to validate on: each fold validates on a strip of its training group.
-        extents = _cell_extents(args.samples_dir, samples) if len(set(groups or samples)) == 2 else None
-        folds = leave_one_out(args.cohort, samples, patients=groups, extents=extents, n_strips=args.n_strips)
-    elif args.level == "bulk":
-        if patients is None:
-            raise SystemExit(f"{args.sample_sheet}: a bulk split needs a patient_id column")
-        folds = patient_split(
-            args.cohort,
-            samples,
-            patients,
-            test_fraction=args.test_fraction,
-            n_folds=args.bulk_folds,
-            seed=args.seed,
-        )
-    else:
-        folds = spatial_strips(args.cohort, _cell_extents(args.samples_dir, samples), n_strips=args.n_strips)
+    samples, patients = read_sample_sheet(args.sample_sheet, level=args.level)
+    try:
+        if args.level == "st":
+            groups = patients if args.group_by == "patient" else None
+            # Two groups leave none to validate on: each fold validates on a strip of its training group.
+            two = len(set(groups or samples)) == 2
+            extents = _cell_extents(args.samples_dir, samples) if two else None
+            folds = leave_one_out(
+                args.cohort, samples, patients=groups, extents=extents, n_strips=args.n_strips
+            )
+        elif args.level == "bulk":
+            if patients is None:
+                raise InputError(args.sample_sheet, "a bulk split needs a patient_id column")
+            folds = patient_split(
+                args.cohort,
+                samples,
+                patients,
+                test_fraction=args.test_fraction,
+                n_folds=args.bulk_folds,
+                seed=args.seed,
+            )
+        else:
+            extents = _cell_extents(args.samples_dir, samples)
+            folds = spatial_strips(args.cohort, extents, n_strips=args.n_strips)
+    except (InputError, ConfigError):
+        raise
+    except ValueError as exc:
+        raise ConfigError(args.sample_sheet, str(exc)) from exc
     write_folds(folds, args.out)
     log.info("%s: %d %s folds -> %s", args.cohort, len(folds.folds), folds.protocol, args.out)
 
@@ -143,6 +225,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     genes.add_argument("--n-genes", type=int, default=250)
     genes.add_argument("--n-hvg", type=int, default=1000, help="top HVGs per sample in the candidate pool")
     genes.add_argument("--gene-list", help="use these genes (text, one per line, or a TSV's first column)")
+    genes.add_argument(
+        "--up-to",
+        action="store_true",
+        help="keep up to --n-genes when fewer candidates exist (default: that is an error)",
+    )
     genes.add_argument("--out", required=True, help="genes.txt")
     genes.set_defaults(func=_cmd_genes)
 

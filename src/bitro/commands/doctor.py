@@ -114,8 +114,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     """Add ``bitro doctor`` to the ``bitro`` parser."""
     doctor = verbs.add_parser(
         "doctor",
-        help="preflight: package versions, weights and their sha256, GPU, every sample's files, slide and "
-        "µm/px; exits 1 when a check fails",
+        help="preflight: package versions, weights (sha256, or their tensors), GPU, every sample's files, "
+        "slide, expression and segmentation, and whether each cohort can be split; exits 1 when a check "
+        "fails",
     )
     source = doctor.add_mutually_exclusive_group()
     source.add_argument("--config", type=Path, default=None, help="the workflow config (YAML)")
@@ -134,7 +135,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         type=_checks,
         action="extend",
         default=[],
-        help="leave out checks, comma-separated: config, versions, weights, gpu, slides",
+        help="leave out checks, comma-separated: config, versions, weights, gpu, slides, cohort",
     )
     doctor.add_argument(
         "--mpp-range",

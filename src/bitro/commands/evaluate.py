@@ -45,9 +45,12 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
         fold = read_folds(args.folds).fold(args.fold)
         samples = dict.fromkeys(fold.train + fold.validation + fold.test)
         truth = {s: Path(args.truth_pattern.format(sample=s)) for s in samples}
-        missing = [str(p) for p in truth.values() if not p.is_file()]
+        missing = [p for p in truth.values() if not p.is_file()]
         if missing:
-            raise SystemExit(f"bitro baselines: truth files missing: {missing[:3]}")
+            from bitro.errors import MissingInputError
+
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise MissingInputError(missing[0], f"demo truth file{more}")
     table = baseline_fold(
         args.samples_dir,
         args.folds,

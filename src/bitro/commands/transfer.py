@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bitro.commands.train import set_threads
+from bitro.errors import ConfigError, UsageError
 
 log = logging.getLogger("bitro")
 
@@ -43,9 +44,10 @@ def _train_config(settings: dict[str, Any], stage: str, max_steps: int | None) -
 
     training = dict(settings.get("training", {}))
     if training.get("feature_scope", "sample") != "sample":
-        raise SystemExit(
-            "bitro transfer: transfer needs per-sample features (training.feature_scope: sample); a cohort "
-            "PCA basis of the source does not describe the target's cells"
+        raise ConfigError(
+            "training.feature_scope",
+            "transfer needs per-sample features (training.feature_scope: sample); a cohort "
+            "PCA basis of the source does not describe the target's cells",
         )
     for key in WORKFLOW_KEYS:
         training.pop(key, None)
@@ -81,7 +83,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
             progress=not args.quiet,
         )
     except PatientOverlapError as error:
-        raise SystemExit(f"bitro transfer-pretrain: refused: {error}") from error
+        raise ConfigError(args.target_sheet or args.source_sheet, f"refused: {error}") from error
     log.info("pretrained: best step %d of %d -> %s", result.best_step, result.steps_run, args.out_dir)
 
 
@@ -93,7 +95,7 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
     transfer = dict(settings.get("transfer", {}))
     mode = args.mode or transfer.get("mode", "lora")
     if mode == "none":
-        raise SystemExit("bitro transfer: mode 'none' is plain training: use `bitro train`")
+        raise UsageError("--mode none", "plain training, not a transfer: use `bitro train`")
     lora = dict(transfer.get("lora", {}))
     for key in ("r", "alpha", "dropout"):
         value = getattr(args, f"lora_{key}")
@@ -118,7 +120,7 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
             progress=not args.quiet,
         )
     except PatientOverlapError as error:
-        raise SystemExit(f"bitro transfer: refused: {error}") from error
+        raise ConfigError(args.target_sheet or args.target_folds, f"refused: {error}") from error
     log.info(
         "%s (%s transfer): best step %d of %d -> %s",
         args.fold,

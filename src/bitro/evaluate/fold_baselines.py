@@ -92,6 +92,8 @@ def _sample_units(
         return UnitTable(means, composition, np.asarray(values, np.float64), name, name)
     means = unit_mean_embeddings(embeddings, unit_of_cell, len(units))
     keep = means.n_cells > 0
+    if level == "st" and "in_tissue" in units:
+        keep &= units["in_tissue"].to_numpy().astype(bool)  # as BiTro: spots outside tissue never score
     roles = ("train", "validation") if role == "train" else ("test",)
     role_ranges = [fold.ranges(folder.name, name) for name in roles]
     if all(ranges is not None for ranges in role_ranges):

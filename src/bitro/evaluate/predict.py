@@ -248,10 +248,16 @@ def predict_fold(
         "model_dir": str(model_dir),
         "n_units_without_cells": int(
             sum(
-                (~np.isin(units_tables[r.sample_id]["unit_id"], r.unit_ids)).sum()
+                (
+                    ~np.isin(units_tables[r.sample_id]["unit_id"], r.unit_ids)
+                    & _in_tissue(units_tables[r.sample_id], r)
+                ).sum()
                 for r in results
                 if unit_level == "spot"
             )
+        ),
+        "n_spots_outside_tissue": int(
+            sum((~_in_tissue(units_tables[r.sample_id], r)).sum() for r in results if unit_level == "spot")
         ),
         "feature_scope": scope,
         "genes": genes,
@@ -266,6 +272,13 @@ def predict_fold(
     with atomic_path(out_dir / "metrics.tsv") as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return table
+
+
+def _in_tissue(units: pd.DataFrame, result: SamplePrediction) -> np.ndarray:
+    """Which units count as in tissue: ST spots by their flag (the others neither train nor score)."""
+    if "in_tissue" in units and (units["shape"].astype(str) == "circle").all():
+        return units["in_tissue"].to_numpy().astype(bool)
+    return np.ones(len(units), dtype=bool)
 
 
 def _predictions_anndata(

@@ -35,10 +35,17 @@ from typing import Any, Literal
 import numpy as np
 
 from bitro._atomic import atomic_path
-from bitro.errors import InputError
+from bitro.errors import InputError, UsageError
 from bitro.io.validate import require_file
 
 Protocol = Literal["loo", "patient", "strips"]
+
+
+class UnknownFoldError(UsageError, KeyError):
+    """``--fold`` names a fold that ``folds.json`` does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return f"{self.path}: {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -66,10 +73,20 @@ class Folds:
     params: dict[str, Any] = field(default_factory=dict)
 
     def fold(self, name: str) -> Fold:
+        """The fold called ``name``.
+
+        Raises
+        ------
+        UnknownFoldError
+            No fold has that name (the message names the folds file when it was read from one).
+        """
         for fold in self.folds:
             if fold.name == name:
                 return fold
-        raise KeyError(f"no fold {name!r} in {self.cohort}; folds are {[f.name for f in self.folds]}")
+        where = getattr(self, "_path", None) or f"--fold {name}"
+        raise UnknownFoldError(
+            where, f"no fold {name!r} in cohort {self.cohort}; its folds are {', '.join(self.names)}"
+        )
 
     @property
     def names(self) -> list[str]:
@@ -234,6 +251,26 @@ def check_disjoint(folds: Folds) -> None:
                     raise ValueError(f"{folds.cohort} {fold.name}: samples on two sides: {whole}")
         if not fold.train or not fold.test:
             raise ValueError(f"{folds.cohort} {fold.name}: empty training or test set")
+        _check_barcode_patients(folds.cohort, fold)
+
+
+def _check_barcode_patients(cohort: str, fold: Fold) -> None:
+    """Raise ``ValueError`` when slides of one TCGA patient (barcode[:12]) sit on two sides of ``fold``.
+
+    Whatever patient ids a sample sheet gave, the barcodes themselves say which slides share a patient.
+    Strips (Xenium) are exempt: their samples are not TCGA slides.
+    """
+    from bitro.io.tcga import _barcode_part
+
+    sides: dict[str, set[str]] = {}
+    for role in ("train", "validation", "test"):
+        for sample in getattr(fold, role):
+            patient = _barcode_part(sample, "patient")
+            if patient is not None and fold.ranges(sample, role) is None:
+                sides.setdefault(patient, set()).add(role)
+    split = sorted(p for p, roles in sides.items() if len(roles) > 1)
+    if split:
+        raise ValueError(f"{cohort} {fold.name}: slides of TCGA patient(s) {split} on two sides")
 
 
 def _overlap(first: Sequence[Sequence[float]], second: Sequence[Sequence[float]]) -> bool:
@@ -261,4 +298,41 @@ def read_folds(path: str | Path) -> Folds:
         check_disjoint(folds)
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(path, f"is not a valid folds file ({exc})") from exc
+    object.__setattr__(folds, "_path", str(path))
     return folds
+
+
+def split_shortfall(
+    level: str,
+    samples: Sequence[str],
+    patients: Sequence[str] | None,
+    *,
+    group_by: str = "patient",
+    bulk_folds: int = 1,
+    n_strips: int = 5,
+) -> str:
+    """Why a cohort cannot be split by its protocol (the number needed and the number it has), or ``""``.
+
+    The same rules as :func:`leave_one_out`, :func:`patient_split` and :func:`spatial_strips`, checked
+    from the sample sheet alone, before any job runs. An empty patient id stands for its sample.
+    """
+    patients = [p or s for s, p in zip(samples, patients, strict=True)] if patients is not None else None
+    if level == "st":
+        by_patient = group_by == "patient" and patients is not None
+        n = len(set(patients if by_patient and patients is not None else samples))
+        unit = "patients (group_by: patient)" if by_patient else "samples"
+        if n < 2:
+            return f"leave-one-out needs at least 2 {unit}; the cohort has {n}"
+        return ""
+    if level == "bulk":
+        n = len(set(patients if patients is not None else samples))
+        need = 3 if bulk_folds <= 1 else bulk_folds + 2
+        what = "a patient split (test, validation, training)" if bulk_folds <= 1 else f"{bulk_folds}-fold"
+        if n < need:
+            return f"{what} needs at least {need} patients; the cohort has {n}"
+        return ""
+    if not samples:
+        return "the strip protocol needs at least 1 section; the cohort has 0"
+    if n_strips < 3:
+        return f"the strip protocol needs at least 3 strips; evaluation.xenium_strips is {n_strips}"
+    return ""

@@ -125,7 +125,12 @@ def load_efficientnet_lite0(path: str | Path | None = None) -> EfficientNetLite0
     from bitro.io.validate import require_file
 
     path = require_file(path or packaged_weights(), "EfficientNet-Lite0 weights")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(
+            path, f"is not a readable PyTorch weights file ({type(exc).__name__}: {exc})"
+        ) from exc
     model = EfficientNetLite0()
     try:
         model.load_state_dict(state, strict=True)

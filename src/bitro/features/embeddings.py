@@ -20,9 +20,13 @@ def read_embeddings(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     path = Path(path)
     if not path.is_file() or not path.with_suffix(".json").is_file():
         raise InputError(path, "embeddings (.npy and .json) not found")
-    describe = json.loads(path.with_suffix(".json").read_text())
-    array = np.load(path, mmap_mode="r")
-    if array.shape != (describe["n_cells"], describe["dim"]):
+    try:
+        describe = json.loads(path.with_suffix(".json").read_text())
+        array = np.load(path, mmap_mode="r")
+        shape = (int(describe["n_cells"]), int(describe["dim"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(path, f"is not an embeddings file written by bitro ({exc})") from exc
+    if array.shape != shape:
         raise InputError(
             path, f"shape {array.shape} disagrees with its .json ({describe['n_cells']} × {describe['dim']})"
         )

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from bitro._hashing import files_sha256
-from bitro.errors import InputError, MissingInputError
+from bitro.errors import InputError, MissingInputError, WeightsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,10 +86,14 @@ class DINOv3Encoder:
         weights = sorted(folder.glob("*.safetensors"))
         if not (folder / "config.json").is_file() or not weights:
             raise MissingInputError(folder, f"DINOv3 weights (config.json + *.safetensors); {DINOV3_HELP}")
+        from bitro.features.weights import safetensors_header
+
+        for shard in weights:
+            safetensors_header(shard)  # a truncated download fails here, naming the file
         try:
             model, info = DINOv3ViTModel.from_pretrained(str(folder), output_loading_info=True)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise InputError(folder, f"DINOv3 weights do not fit the architecture ({exc})") from exc
+        except Exception as exc:
+            raise WeightsError(folder, f"DINOv3 weights do not fit the architecture ({exc})") from exc
         problems = {
             kind: info.get(kind)
             for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")

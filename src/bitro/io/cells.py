@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -112,13 +113,30 @@ def _read_geojson(path: Path, data: dict[str, Any] | list[Any] | None = None) ->
             geoms.append(part)
     if not geoms:
         raise InputError(path, "holds no cell polygons")
-    return _frame(ids, classes, geoms)
+    return _frame(ids, classes, geoms, path)
 
 
-def _frame(ids: list[Any], classes: list[str | None], geoms: list[Any]) -> gpd.GeoDataFrame:
-    """Return the standard GeoDataFrame; ids are kept when every cell has a distinct one."""
+def _frame(ids: list[Any], classes: list[str | None], geoms: list[Any], path: Path) -> gpd.GeoDataFrame:
+    """Return the standard GeoDataFrame, outlines repaired (:func:`repair_outlines`).
+
+    The file's ids are kept when every cell has one; cells without ids (CellViT's one MultiPolygon per
+    class) are numbered 0..n-1.
+
+    Raises
+    ------
+    InputError
+        The file holds no cells, or gives one id to two cells.
+    """
+    if not geoms:
+        raise InputError(path, "holds no cells: an empty segmentation (the sample would have no cells)")
     id_series = pd.Series(ids, dtype=object)
-    if id_series.isna().any() or id_series.duplicated().any():
+    present = id_series[id_series.notna()]
+    dupes = present[present.duplicated()].unique().tolist()
+    if dupes:
+        shown = ", ".join(map(str, dupes[:5])) + (f" … and {len(dupes) - 5} more" if len(dupes) > 5 else "")
+        raise InputError(path, f"{len(dupes)} cell_id value(s) are given to more than one cell: {shown}")
+    geoms = repair_outlines(geoms, path)
+    if id_series.isna().any():
         id_series = pd.Series(np.arange(len(geoms), dtype=np.int64))
     else:
         numeric = pd.to_numeric(id_series, errors="coerce")
@@ -203,7 +221,35 @@ def _read_hovernet(path: Path, data: dict[str, Any], type_names: dict[int, str] 
         geoms.append(_contour_polygon(nucleus["contour"], path, what))
         classes.append(_type_name(nucleus.get("type"), names, path, what))
         ids.append(key)
-    return _frame(ids, classes, geoms)
+    return _frame(ids, classes, geoms, path)
+
+
+def repair_outlines(geoms: list[Any], path: Path) -> list[Any]:
+    """Outlines with invalid (self-intersecting) polygons repaired by ``shapely.make_valid``.
+
+    A repaired outline keeps its largest polygon part. The number repaired is logged and warned about,
+    naming ``path``; an outline that encloses no area even after repair is refused.
+    """
+    array = np.asarray(geoms, dtype=object)
+    present = np.array([g is not None for g in array])
+    valid = np.ones(len(array), dtype=bool)
+    if present.any():
+        valid[present] = shapely.is_valid(array[present])
+    bad = np.flatnonzero(~valid)
+    if not len(bad):
+        return list(array)
+    for i in bad:
+        repaired = shapely.make_valid(array[i])
+        parts = [g for g in getattr(repaired, "geoms", [repaired]) if g.geom_type == "Polygon" and g.area > 0]
+        if not parts:
+            raise InputError(path, f"cell {i} has an outline that encloses no area, even repaired")
+        array[i] = max(parts, key=lambda g: g.area)
+    text = (
+        f"{path}: {len(bad)} of {len(array)} cell outlines were invalid (self-intersecting) and were "
+        "repaired with shapely.make_valid (largest part kept)"
+    )
+    warnings.warn(text, UserWarning, stacklevel=3)
+    return list(array)
 
 
 def _read_parquet(path: Path) -> gpd.GeoDataFrame:
@@ -220,7 +266,7 @@ def _read_parquet(path: Path) -> gpd.GeoDataFrame:
         classes = [None if pd.isna(c) else str(c) for c in gdf["class"]]
     else:
         classes = [None] * len(gdf)
-    return _frame(ids, classes, list(gdf.geometry.to_numpy()))
+    return _frame(ids, classes, list(gdf.geometry.to_numpy()), path)
 
 
 def read_cell_segmentation(path: str | Path, *, type_names: dict[int, str] | None = None) -> gpd.GeoDataFrame:

@@ -16,6 +16,9 @@ from bitro.io.slides import open_slide
 from bitro.io.validate import (
     check_counts,
     check_inside_image,
+    check_integer_counts,
+    check_not_all_zero,
+    check_not_empty,
     check_spatial,
     check_unique,
     positive_number,
@@ -77,11 +80,38 @@ def _read_expression(path: Path) -> ad.AnnData:
         adata = ad.read_h5ad(path)
     except Exception as exc:
         raise InputError(path, f"is not a readable AnnData .h5ad file ({exc})") from exc
+    check_not_empty(adata.n_obs, path, "spots")
     check_unique(adata.var_names, path, "gene names (var_names)")
     check_unique(adata.obs_names, path, "spot barcodes (obs_names)")
     check_counts(adata.X, path, "counts")
+    check_integer_counts(adata.X, path, "X (spot counts)", way_out=_counts_way_out(adata))
+    check_not_all_zero(adata.X, path, "counts")
     adata.obsm["spatial"] = check_spatial(adata.obsm, adata.n_obs, path)
+    if "in_tissue" in adata.obs:
+        raw = adata.obs["in_tissue"]
+        if pd.api.types.is_bool_dtype(raw):
+            flags = raw.astype(int)
+        else:  # ints, or categories / strings of them
+            flags = pd.to_numeric(raw.astype(str), errors="coerce")
+        if flags.isna().any() or not flags.isin([0, 1]).all():
+            raise InputError(path, 'obs["in_tissue"] must be 0 or 1 for every spot')
+        if not flags.any():
+            raise InputError(
+                path,
+                f'obs["in_tissue"] is 0 for all {adata.n_obs} spots: no spot is in tissue, nothing to train '
+                "on or score (spots outside tissue are left out)",
+            )
     return adata
+
+
+def _counts_way_out(adata: ad.AnnData) -> str:
+    """Where the raw counts of an AnnData with normalised ``X`` may be."""
+    places = [f'layers["{name}"]' for name in adata.layers]
+    if adata.raw is not None:
+        places.append(".raw.X")
+    if places:
+        return f"this file also holds {', '.join(places)}: write the raw counts into X"
+    return "write the raw counts (HEST-1k's st/*.h5ad as downloaded) into X"
 
 
 def _patient(metadata: dict[str, Any], sample_id: str) -> str:
@@ -156,5 +186,7 @@ def read_hest_sample(
         patient_id=_patient(metadata, sample_id),
         spot_diameter_um=positive_number(metadata.get("spot_diameter")),
         cells=cell_table,
-        metadata=metadata | ({"cells_path": str(cells_path)} if cells_path is not None else {}),
+        metadata=metadata
+        | {"metadata_path": str(meta_path)}
+        | ({"cells_path": str(cells_path)} if cells_path is not None else {}),
     )

@@ -69,7 +69,12 @@ class Sample:
             return None
         xy = np.asarray(self.expression.obsm["spatial"], dtype=np.float64)
         obs = self.expression.obs
-        in_tissue = obs["in_tissue"].to_numpy().astype(bool) if "in_tissue" in obs else np.ones(len(xy), bool)
+        in_tissue = np.ones(len(xy), bool)
+        if "in_tissue" in obs:  # 0/1 as numbers, booleans, or category labels "0"/"1"
+            raw = obs["in_tissue"]
+            is_bool = pd.api.types.is_bool_dtype(raw)
+            flags = raw if is_bool else pd.to_numeric(raw.astype(str), errors="coerce")
+            in_tissue = flags.to_numpy().astype(float) == 1
         return pd.DataFrame(
             {
                 "barcode": obs.index.astype(str).to_numpy(),
@@ -85,7 +90,16 @@ class Sample:
         )
 
     def open_slide(self) -> Slide:
-        """Open the sample's slide with the sample's pixel size."""
+        """Open the sample's slide with the sample's pixel size, its last tile of every level decoded.
+
+        A truncated or corrupt slide fails here with an ``InputError`` naming it, before any output.
+        """
         from bitro.io.slides import open_slide
 
-        return open_slide(self.slide_path, mpp=self.mpp)
+        slide = open_slide(self.slide_path, mpp=self.mpp)
+        try:
+            slide.verify()
+        except Exception:
+            slide.close()
+            raise
+        return slide

@@ -472,7 +472,27 @@ class Slide:
         if width <= 0 or height <= 0:
             raise ValueError(f"region size must be positive, got {size}")
         location = (int(location[0]), int(location[1]))
-        return self._impl.read(level, location, width, height, self.level_downsamples[level])
+        try:
+            return self._impl.read(level, location, width, height, self.level_downsamples[level])
+        except Exception as exc:
+            raise InputError(
+                self.path,
+                f"cannot decode level {level} at {location} ({type(exc).__name__}: {exc}): the file is "
+                "truncated or corrupt; download or copy it again",
+            ) from exc
+
+    def verify(self, size: int = 64) -> None:
+        """Decode the last tile of every level (the end of the file, where a truncated copy breaks).
+
+        Raises
+        ------
+        InputError
+            A level cannot be decoded, naming the slide.
+        """
+        for level, (width, height) in enumerate(self.level_dimensions):
+            w, h = min(size, width), min(size, height)
+            scale = self.level_downsamples[level]
+            self.read_region((int((width - w) * scale), int((height - h) * scale)), level, (w, h))
 
     def get_thumbnail(self, max_size: int) -> np.ndarray:
         """Return the whole slide as H×W×3 uint8 RGB whose longer side is at most ``max_size`` pixels."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +183,9 @@ def read_tcga_expression(tpm_path: str | Path, gene_map_path: str | Path) -> ad.
     obs["patient"] = [_barcode_part(a, "patient") for a in aliquots]
     obs["sample"] = [_barcode_part(a, "sample") for a in aliquots]
     var = pd.DataFrame({"gene_ids": gene_ids.to_numpy()}, index=pd.Index(summed.index.astype(str)))
-    return ad.AnnData(X=summed.to_numpy(dtype=np.float64).T.copy(), obs=obs, var=var)
+    adata = ad.AnnData(X=summed.to_numpy(dtype=np.float64).T.copy(), obs=obs, var=var)
+    adata.uns["path"] = str(tpm_path)
+    return adata
 
 
 def _barcode_part(barcode: str, part: str) -> str | None:
@@ -191,6 +194,22 @@ def _barcode_part(barcode: str, part: str) -> str | None:
         return parse_barcode(barcode)[part]
     except ValueError:
         return None
+
+
+def barcode_contradictions(samples: Sequence[str], patients: Sequence[str]) -> str:
+    """What contradicts the TCGA barcodes among (sample, patient) pairs, or ``""``."""
+    bad = []
+    for sample, patient in zip(samples, patients, strict=True):
+        from_barcode = _barcode_part(sample, "patient")
+        if from_barcode is not None and patient.upper() != from_barcode:
+            bad.append(f"{sample} (patient_id {patient}, barcode patient {from_barcode})")
+    if not bad:
+        return ""
+    shown = ", ".join(bad[:5]) + (f" … and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return (
+        f"patient_id contradicts the TCGA barcode of {len(bad)} sample(s): {shown}; a patient's slides "
+        "would end up on both sides of a split: give the barcode's first 12 characters, or leave it empty"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,6 +297,12 @@ def _slide_sample(row: Any, expression: ad.AnnData, mpp: float | None) -> Sample
     """Build the bulk ``Sample`` of one slide row (aliquots of its sample code averaged)."""
     aliquots = _aliquots_for(expression, row.sample_code)
     values = np.asarray(expression[aliquots].X, dtype=np.float64).mean(axis=0, keepdims=True)
+    if not np.any(values):
+        tpm_path = expression.uns.get("path", "expression/tpm.tsv")
+        raise InputError(
+            tpm_path,
+            f"every TPM value of {', '.join(aliquots)} (slide {row.slide_id}) is zero: nothing measured",
+        )
     obs = pd.DataFrame({"aliquots": [";".join(aliquots)]}, index=pd.Index([row.slide_id]))
     bulk = ad.AnnData(X=values, obs=obs, var=expression.var.copy())
     with open_slide(row.path, mpp=mpp) as slide:

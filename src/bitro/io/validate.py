@@ -159,3 +159,38 @@ def check_subset(needed: Iterable[Any], available: Iterable[Any], path: str | Pa
     missing = [item for item in needed if item not in have]
     if missing:
         raise InputError(path, f"{len(missing)} {what}: {_preview(missing)}")
+
+
+def check_integer_counts(matrix: Any, path: str | Path, what: str = "counts", *, way_out: str = "") -> None:
+    """Raise ``InputError`` when a matrix that must hold raw counts holds non-integer values.
+
+    Normalised values (log1p, CPM) in place of counts are the usual cause: the message says so, shows a
+    value, and adds ``way_out`` (where the raw counts may be).
+    """
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+    if values.size == 0 or not np.issubdtype(values.dtype, np.floating):
+        return
+    fractional = values[values != np.round(values)]
+    if fractional.size:
+        example = float(fractional[0])
+        raise InputError(
+            path,
+            f"{what} must be raw integer counts, but {fractional.size} value(s) are not integers (e.g. "
+            f"{example:.4g}): normalised (log1p, CPM) values cannot be used as counts"
+            + (f"; {way_out}" if way_out else ""),
+        )
+
+
+def check_not_empty(n: int, path: str | Path, what: str) -> None:
+    """Raise ``InputError`` when a sample has no ``what`` (spots, cells) at all."""
+    if n == 0:
+        raise InputError(path, f"holds no {what}: an empty sample cannot be trained on or scored")
+
+
+def check_not_all_zero(matrix: Any, path: str | Path, what: str = "counts") -> None:
+    """Raise ``InputError`` when every value of an expression matrix is zero (nothing was measured)."""
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+    if values.size and not np.any(values):
+        raise InputError(path, f"every one of its {what} is zero: the sample measured nothing")
+    if sp.issparse(matrix) and matrix.nnz == 0 and np.prod(matrix.shape) > 0:
+        raise InputError(path, f"every one of its {what} is zero: the sample measured nothing")

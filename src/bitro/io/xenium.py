@@ -20,6 +20,9 @@ from bitro.io.slides import open_slide
 from bitro.io.validate import (
     check_counts,
     check_inside_image,
+    check_integer_counts,
+    check_not_all_zero,
+    check_not_empty,
     check_subset,
     check_unique,
     positive_number,
@@ -215,7 +218,12 @@ def _gene_matrix(path: Path) -> tuple[sp.csr_matrix, list[str], pd.DataFrame]:
     genes = features[keep].reset_index(drop=True)
     check_unique(genes["name"], path, "feature names (Gene Expression rows)")
     counts = counts[:, np.flatnonzero(keep)].tocsr()
+    check_not_empty(len(barcodes), path, "cells")
     check_counts(counts, path, "counts")
+    check_integer_counts(
+        counts, path, "counts", way_out="give the cell_feature_matrix.h5 Xenium Onboard Analysis wrote"
+    )
+    check_not_all_zero(counts, path, "counts")
     return counts, barcodes, genes
 
 

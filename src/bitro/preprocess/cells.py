@@ -175,6 +175,8 @@ def read_cells(path: str | Path, *, geometry: bool = True) -> pd.DataFrame:
         table = pq.read_table(path, columns=columns).to_pandas()
     except (pa.ArrowInvalid, KeyError, OSError) as exc:
         raise InputError(path, f"is not a bitro cell table ({exc})") from exc
+    if table.empty:
+        raise InputError(path, "holds no cells: an empty sample cannot be trained on or scored")
     return table
 
 

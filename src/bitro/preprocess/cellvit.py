@@ -311,7 +311,7 @@ def _read_cells_json(path: Path, data: Any) -> gpd.GeoDataFrame:
             raise InputError(path, f"{what} has no contour{hint}")
         geoms.append(_contour_polygon(cell["contour"], path, what))
         classes.append(_type_name(cell.get("type"), names, path, what))
-    return _frame(list(range(len(geoms))), classes, geoms)
+    return _frame(list(range(len(geoms))), classes, geoms, path)
 
 
 def read_cellvit_cells(path: Path) -> gpd.GeoDataFrame:

@@ -42,7 +42,8 @@ def spot_units(sample: Sample, *, mask: TissueMask | None = None) -> pd.DataFram
     if spots is None:
         raise ValueError(f"sample {sample.sample_id!r} is {sample.kind!r}, not ST: it has no spots")
     if sample.spot_diameter_um is None:
-        raise InputError(sample.slide_path, f"sample {sample.sample_id!r} has no spot diameter")
+        where = sample.metadata.get("metadata_path", sample.slide_path)
+        raise InputError(where, f"sample {sample.sample_id!r} has no spot diameter (spot_diameter, µm)")
     xy = spots[["x_px", "y_px"]].to_numpy()
     side_px = sample.spot_diameter_um / sample.mpp
     fraction = np.full(len(xy), np.nan)
@@ -121,7 +122,13 @@ def write_units(units: pd.DataFrame, path: str | Path) -> None:
 
 def read_units(path: str | Path) -> pd.DataFrame:
     """Read ``units.parquet``, checking its columns and that ``unit_id`` is 0..n-1."""
-    units = pd.read_parquet(path)
+    from bitro.io.validate import require_file
+
+    path = require_file(path, "units table (units.parquet)")
+    try:
+        units = pd.read_parquet(path)
+    except Exception as exc:
+        raise InputError(path, f"is not a readable Parquet table ({type(exc).__name__}: {exc})") from exc
     missing = [c for c in UNIT_COLUMNS if c not in units]
     if missing:
         raise InputError(path, f"units table lacks columns {missing}")

@@ -4,7 +4,8 @@ A sample is read once into a :class:`SampleData` (features, offsets of cells fro
 phenotype labels, the kNN graph, raw targets aligned to the cohort's genes by name). Bags are light
 references into it:
 
-- ``st``: one bag per spot that holds at least one cell;
+- ``st``: one bag per spot in tissue (the layout's ``in_tissue``) that holds at least one cell; spots
+  outside tissue neither train nor score (their count is logged);
 - ``xenium``: one bag per pseudo-spot (55 µm square) that holds at least one cell;
 - ``bulk``: one bag per slide, made of all its patches that hold cells; training draws a random subset of
   its patches at each step (paper §3.4 / ARCHITECTURE §4), prediction streams over all of them.
@@ -14,6 +15,7 @@ references into it:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,8 @@ from bitro.model.batch import CellBatch
 from bitro.preprocess.cells import read_cells
 from bitro.preprocess.units import read_units
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class SampleData:
@@ -48,6 +52,7 @@ class SampleData:
     unit_xy_um: np.ndarray  # (n_units, 2) centres of the units in ``graph.unit_ids`` order
     targets: np.ndarray  # (n_rows, G) raw counts or TPM; ST/Xenium row = unit id, bulk: one row
     space: str
+    in_tissue: np.ndarray | None = None  # (n_units,) by unit id; ST only: spots outside tissue are left out
 
     def unit_cells(self, position: int) -> slice:
         return slice(int(self.graph.cell_offsets[position]), int(self.graph.cell_offsets[position + 1]))
@@ -108,6 +113,27 @@ def load_sample(
     unit_of_cell = np.repeat(np.arange(len(graph.unit_ids)), np.diff(graph.cell_offsets))
     xy = cells[["x_um", "y_um"]].to_numpy(np.float64)[rows]
     labels = phenotypes.assign(feats).astype(np.int64) if phenotypes is not None else np.full(len(rows), -1)
+    in_tissue = None
+    if level == "st" and "in_tissue" in units:
+        in_tissue = units["in_tissue"].to_numpy().astype(bool)
+        outside = int((~in_tissue).sum())
+        if outside:
+            log.info(
+                "%s: %d of %d spots outside tissue (in_tissue 0) neither train nor score",
+                sample_dir.name,
+                outside,
+                len(units),
+            )
+    usable = np.diff(graph.cell_offsets) > 0
+    if in_tissue is not None:
+        usable &= in_tissue[graph.unit_ids]
+    if not usable.any():
+        raise InputError(
+            sample_dir / "cells.parquet",
+            f"no {'spot in tissue' if in_tissue is not None else 'unit'} holds a cell: the sample has "
+            "nothing to train on or score (an empty sample); check its segmentation or leave it out of "
+            "the sample sheet",
+        )
     return SampleData(
         sample_id=str(meta.get("sample_id", sample_dir.name)),
         level=level,
@@ -119,6 +145,7 @@ def load_sample(
         unit_xy_um=centres,
         targets=np.asarray(x, dtype=np.float64),
         space=str(meta.get("space", "counts")),
+        in_tissue=in_tissue,
     )
 
 
@@ -127,6 +154,8 @@ def make_bags(sample: SampleData, index: int, *, unit_mask: np.ndarray | None = 
     unit_ids = sample.graph.unit_ids
     keep = np.ones(len(unit_ids), dtype=bool) if unit_mask is None else np.asarray(unit_mask)[unit_ids]
     keep &= np.diff(sample.graph.cell_offsets) > 0
+    if sample.in_tissue is not None:
+        keep &= sample.in_tissue[unit_ids]
     positions = np.flatnonzero(keep)
     if sample.level == "bulk":
         if len(positions) == 0:
