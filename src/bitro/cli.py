@@ -19,6 +19,7 @@ from bitro.commands import plot as plot_commands
 from bitro.commands import train as train_commands
 from bitro.commands import transfer as transfer_commands
 from bitro.errors import InputError
+from bitro.options import ENCODERS, SEGMENTATION_BACKENDS, STAIN_METHODS
 
 if TYPE_CHECKING:
     from bitro.features.encoders import Encoder
@@ -31,9 +32,6 @@ log = logging.getLogger("bitro")
 FORMATS = ("hest", "tcga", "xenium")
 # Kept here rather than imported so that `bitro --help` does not load the demo's dependencies.
 DEMO_PRESETS = ("default", "small")
-STAIN_METHODS = ("vahadane", "macenko", "none")
-SEGMENTATION_BACKENDS = ("classical", "precomputed", "cellvit")
-ENCODERS = ("dinov3_vitl16", "efficientnet_lite0", "morphology")
 
 
 def _add_sample_args(parser: argparse.ArgumentParser) -> None:
