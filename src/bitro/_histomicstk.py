@@ -12,9 +12,12 @@ of NumPy with those two names restored (``np.asmatrix``, ``np.inf``); NumPy itse
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import types
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -42,6 +45,17 @@ def histomicstk(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(f"{INSTALL_HINT} ({exc})") from exc
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the deprecation warnings HistomicsTK 1.4 and nimfa 1.4 raise on every call under NumPy 2 and
+    scikit-image 0.26 (``weighted_centroid``, ``np.matrix``): thousands per slide, none actionable here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        yield
 
 
 def _numpy_with_removed_aliases() -> types.ModuleType:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bitro._histomicstk import histomicstk
+from bitro._histomicstk import histomicstk, quiet
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -118,14 +118,15 @@ def histomicstk_features(crops: np.ndarray, masks: np.ndarray) -> tuple[np.ndarr
     stains = np.array(
         [deconvolution.stain_color_map[s] for s in ("hematoxylin", "eosin", "null")], dtype=np.float64
     ).T
-    nuclei = deconvolution.color_deconvolution(rgb, stains, 255).Stains[..., 0].astype(np.float64)
-    props = regionprops(labels, intensity_image=nuclei)
-    frames = [
-        features.compute_morphometry_features(labels, rprops=props),
-        features.compute_intensity_features(labels, nuclei, rprops=props),
-        features.compute_gradient_features(labels, nuclei, rprops=props),
-        features.compute_haralick_features(labels, nuclei, num_levels=GLCM_LEVELS, rprops=props),
-    ]
+    with quiet():
+        nuclei = deconvolution.color_deconvolution(rgb, stains, 255).Stains[..., 0].astype(np.float64)
+        props = regionprops(labels, intensity_image=nuclei)
+        frames = [
+            features.compute_morphometry_features(labels, rprops=props),
+            features.compute_intensity_features(labels, nuclei, rprops=props),
+            features.compute_gradient_features(labels, nuclei, rprops=props),
+            features.compute_haralick_features(labels, nuclei, num_levels=GLCM_LEVELS, rprops=props),
+        ]
     names = [c for f in frames for c in f.columns if c not in _DROPPED]
     table = np.column_stack(
         [f[c].to_numpy(np.float64) for f in frames for c in f.columns if c not in _DROPPED]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from bitro._histomicstk import histomicstk
+from bitro._histomicstk import histomicstk, quiet
 
 if TYPE_CHECKING:
     from bitro.preprocess.segment import ClassicalParams
@@ -44,12 +44,13 @@ def kofahi_labels(
     if not foreground.any():
         return np.zeros(foreground.shape, dtype=np.int32)
     px = 1.0 / params.mpp
-    labels = nuclear.detect_nuclei_kofahi(
-        intensity,
-        foreground,
-        min_radius=params.min_radius_um * px,
-        max_radius=params.max_radius_um * px,
-        min_nucleus_area=max(1, round(params.min_area_um2 * px * px)),
-        local_max_search_radius=params.search_radius_um * px,
-    )
+    with quiet():
+        labels = nuclear.detect_nuclei_kofahi(
+            intensity,
+            foreground,
+            min_radius=params.min_radius_um * px,
+            max_radius=params.max_radius_um * px,
+            min_nucleus_area=max(1, round(params.min_area_um2 * px * px)),
+            local_max_search_radius=params.search_radius_um * px,
+        )
     return np.asarray(labels, dtype=np.int32)
