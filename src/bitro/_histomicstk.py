@@ -26,6 +26,7 @@ HISTOMICSTK_MODULES: tuple[str, ...] = (
     "histomicstk.preprocessing.color_deconvolution",
     "histomicstk.features",
     "histomicstk.segmentation.nuclear",
+    "histomicstk.segmentation.label",
 )
 """Every HistomicsTK module bitro imports."""
 
@@ -49,12 +50,16 @@ def histomicstk(module: str) -> Any:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence the deprecation warnings HistomicsTK 1.4 and nimfa 1.4 raise on every call under NumPy 2 and
+    """Silence the warnings HistomicsTK 1.4 and nimfa 1.4 raise on every call under NumPy 2 and
     scikit-image 0.26 (``weighted_centroid``, ``np.matrix``): thousands per slide, none actionable here."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", PendingDeprecationWarning)
+        # Fractal dimension of a tiny object and statistics of a constant region; they come out NaN or
+        # poorly conditioned, and bitro maps NaN to 0.
+        warnings.simplefilter("ignore", np.exceptions.RankWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
         yield
 
 

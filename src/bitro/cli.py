@@ -243,6 +243,14 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         "image_size": args.image_size,
         "pooling": args.pooling if args.encoder.startswith("dinov3") else None,
     }
+    outlines = None
+    if args.encoder == "morphology" and args.cells is not None:
+        from bitro.features.morphology import CellOutlines
+        from bitro.preprocess.crops import read_crops
+
+        crops = read_crops(args.crops)
+        size, mpp = int(crops.attrs["size"]), float(crops.attrs["mpp"])
+        outlines = CellOutlines.read(args.cells, size=size, mpp=mpp, n_crops=crops.shape[0])
     embed_crops(
         args.crops,
         encoder,
@@ -251,6 +259,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         loader_workers=args.loader_workers,
         progress=not args.quiet,
         extra=extra,
+        outlines=outlines,
     )
     log.info("%s -> %s (%s, %d-d)", args.crops, args.out, encoder.name, encoder.dim)
 
@@ -521,7 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--root", type=Path, default=None, help="the cohort's root directory")
     tiles.add_argument("--sample", default=None, help="sample id in the layout")
     tiles.add_argument("--mpp", type=float, default=None, help="override the slide's µm per pixel")
-    tiles.add_argument("--cells", type=Path, default=None, help="the sample's cells.parquet")
+    tiles.add_argument(
+        "--cells", type=Path, default=None, help="the sample's cells.parquet (crop mode: morphology's nuclei)"
+    )
     tiles.add_argument("--stain", type=Path, default=None, help="stain.json; omit to keep slide colours")
     tiles.add_argument("--crop-mpp", type=float, default=0.5, help="pixel size the encoder sees (µm)")
     tiles.add_argument("--tile-size", type=int, default=512, help="tile core (px), a multiple of 32")

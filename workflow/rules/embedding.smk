@@ -31,6 +31,9 @@ if EMBED_MODE == "tile-token" and FEATURES["encoder"] == "morphology":
 def embed_inputs(wildcards):
     """crops.zarr (crop mode), or the slide, its stain model and cells (tile-token mode)."""
     folder = sample_dir(wildcards.cohort, wildcards.sample)
+    if EMBED_MODE == "crop" and FEATURES["encoder"] == "morphology":
+        # The morphology encoder measures each nucleus under its outline (bitro.features.morphology).
+        return {"crops": folder / "crops.zarr", "cells": folder / "cells.parquet"}
     if EMBED_MODE == "crop":
         return {"crops": folder / "crops.zarr"}
     return sample_inputs(wildcards) | {
@@ -41,6 +44,8 @@ def embed_inputs(wildcards):
 
 def embed_source_args(wildcards, input):
     """The ``bitro embed`` options that say what is embedded and how."""
+    if EMBED_MODE == "crop" and "cells" in input.keys():
+        return f"--mode crop --crops {input.crops} --cells {input.cells}"
     if EMBED_MODE == "crop":
         return f"--mode crop --crops {input.crops}"
     return " ".join(

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from bitro._atomic import atomic_path
 from bitro.features.embeddings import read_embeddings
-from bitro.features.encoders import Encoder
+from bitro.features.encoders import Encoder, MorphologyEncoder
+from bitro.features.morphology import CellOutlines
 from bitro.preprocess.crops import read_crops
 
 __all__ = ["embed_crops", "read_embeddings"]
@@ -55,6 +56,7 @@ def embed_crops(
     loader_workers: int = 1,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
+    outlines: CellOutlines | None = None,
 ) -> Path:
     """Embed every crop of ``crops.zarr`` and write ``out`` (``embeddings.npy``) and its ``.json``.
 
@@ -74,6 +76,9 @@ def embed_crops(
         Show a tqdm bar over cells.
     extra
         More keys for ``embeddings.json`` (e.g. image size, pooling).
+    outlines
+        ``morphology`` encoder: the cells' outlines, its nucleus masks (else it finds each nucleus in its
+        crop). Other encoders ignore them.
     """
     crops_path, out = Path(crops_path), Path(out)
     crops = read_crops(crops_path)
@@ -89,6 +94,9 @@ def embed_crops(
         "n_cells": n,
         "dtype": "float16",
     } | (extra or {})
+    use_outlines = outlines is not None and isinstance(encoder, MorphologyEncoder)
+    if isinstance(encoder, MorphologyEncoder):
+        describe["nucleus_masks"] = "outlines" if use_outlines else "crop"
     partial = out.with_name(out.name + ".partial")
     sidecar = out.with_name(out.name + ".partial.json")
     done = _resume_state(partial, sidecar, describe)
@@ -109,7 +117,13 @@ def embed_crops(
         block = block.numpy() if isinstance(block, torch.Tensor) else block
         for start in range(0, len(block), batch_size):
             rows = slice(k * chunk + start, k * chunk + min(start + batch_size, len(block)))
-            target[rows] = encoder.embed(block[start : start + batch_size]).astype(np.float16)
+            crops_batch = block[start : start + batch_size]
+            if use_outlines:
+                assert outlines is not None and isinstance(encoder, MorphologyEncoder)
+                embedded = encoder.embed(crops_batch, outlines.masks(rows.start, rows.stop))
+            else:
+                embedded = encoder.embed(crops_batch)
+            target[rows] = embedded.astype(np.float16)
         target.flush()
         done.add(int(k))
         sidecar.write_text(json.dumps({"describe": describe, "done": sorted(done)}))

@@ -1,11 +1,18 @@
 """Nuclear features of cell crops: HistomicsTK's (the ``morphology`` encoder) and bitro's hand-written ones.
 
-HistomicsTK (``histomicstk.features``) computes, per nucleus: morphometry (size, shape, Hu moments),
-intensity statistics, gradient statistics and Haralick texture of the haematoxylin channel (its colour
-deconvolution of the stain-normalised crop with its standard H&E vectors) under the nucleus mask. Its
-functions take one label image with many objects, so a batch of crops is laid out as one mosaic (crop
-*i* is label *i* + 1) and every feature group runs once per batch over shared region properties: no
-per-cell Python loop of ours.
+HistomicsTK's nuclear feature set (``histomicstk.features``, as its ``compute_nuclei_features`` computes
+it with a cytoplasm image, less the Fourier shape descriptors) on the stain-normalised crop, colour-
+deconvolved with HistomicsTK's standard H&E vectors:
+
+- ``Nucleus.*``: morphometry (size, shape, Hu moments) of the nucleus mask, and intensity, gradient and
+  Haralick texture statistics of the haematoxylin channel under it;
+- ``Cytoplasm.*``: intensity, gradient and Haralick statistics of the eosin channel in the ring
+  ``CYTOPLASM_WIDTH`` px wide around the nucleus (HistomicsTK's ``dilate_xor``, its default width of 8).
+
+HistomicsTK's functions take one label image with many objects, so a batch of crops is laid out as one
+mosaic (crop *i* is label *i* + 1, each crop padded with glass by the ring's width so no two rings
+touch) and every feature group runs once per batch over shared region properties: no per-cell loop of
+ours. Most of the time goes to HistomicsTK's per-object intensity statistics (``benchmarks/RESULTS.md``).
 
 The nucleus mask is the cell's outline rasterised into its crop (:func:`outline_masks`); a cell without
 an outline gets the dark component at (or nearest) the crop centre (:func:`centre_component_mask`).
@@ -24,6 +31,7 @@ from bitro._histomicstk import histomicstk, quiet
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from pathlib import Path
 
     from bitro.preprocess.crops import CropParams
 
@@ -31,6 +39,8 @@ if TYPE_CHECKING:
 HISTOMICSTK_GROUPS = ("morphometry", "intensity", "gradient", "haralick")
 #: Grey levels of HistomicsTK's co-occurrence matrices.
 GLCM_LEVELS = 32
+#: Width (px) of the cytoplasm ring around each nucleus (HistomicsTK's ``cyto_width`` default).
+CYTOPLASM_WIDTH = 8
 _DROPPED = ("Orientation.Orientation",)
 
 
@@ -106,31 +116,49 @@ def histomicstk_features(crops: np.ndarray, masks: np.ndarray) -> tuple[np.ndarr
 
     features = histomicstk("histomicstk.features")
     deconvolution = histomicstk("histomicstk.preprocessing.color_deconvolution")
+    label_tools = histomicstk("histomicstk.segmentation.label")
     n = len(crops)
     if n == 0:
         return np.empty((0, 0), np.float32), []
     empty = ~masks.reshape(n, -1).any(axis=1)
     if empty.any():
         raise ValueError(f"{int(empty.sum())} crops have an empty nucleus mask")
+    pad = CYTOPLASM_WIDTH
+    crops = np.pad(crops, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=255)
+    masks = np.pad(masks, ((0, 0), (pad, pad), (pad, pad)))
     columns = max(1, int(np.ceil(np.sqrt(n))))
     labels = _mosaic(masks.astype(np.int32) * np.arange(1, n + 1, dtype=np.int32)[:, None, None], columns)
-    rgb = _mosaic(crops, columns)
     stains = np.array(
         [deconvolution.stain_color_map[s] for s in ("hematoxylin", "eosin", "null")], dtype=np.float64
     ).T
     with quiet():
-        nuclei = deconvolution.color_deconvolution(rgb, stains, 255).Stains[..., 0].astype(np.float64)
+        channels = deconvolution.color_deconvolution(_mosaic(crops, columns), stains, 255).Stains
+        nuclei, cytoplasm = channels[..., 0].astype(np.float64), channels[..., 1].astype(np.float64)
+        ring = label_tools.dilate_xor(labels, neigh_width=CYTOPLASM_WIDTH)
         props = regionprops(labels, intensity_image=nuclei)
-        frames = [
+        ring_props = regionprops(ring, intensity_image=cytoplasm)
+        if [p.label for p in ring_props] != [p.label for p in props]:
+            raise ValueError("a nucleus has no cytoplasm ring in its crop")
+        nucleus = [
             features.compute_morphometry_features(labels, rprops=props),
             features.compute_intensity_features(labels, nuclei, rprops=props),
             features.compute_gradient_features(labels, nuclei, rprops=props),
             features.compute_haralick_features(labels, nuclei, num_levels=GLCM_LEVELS, rprops=props),
         ]
-    names = [c for f in frames for c in f.columns if c not in _DROPPED]
-    table = np.column_stack(
-        [f[c].to_numpy(np.float64) for f in frames for c in f.columns if c not in _DROPPED]
-    )
+        around = [
+            features.compute_intensity_features(ring, cytoplasm, rprops=ring_props),
+            features.compute_gradient_features(ring, cytoplasm, rprops=ring_props),
+            features.compute_haralick_features(ring, cytoplasm, num_levels=GLCM_LEVELS, rprops=ring_props),
+        ]
+    kept = [
+        (frame, column, prefix)
+        for frames, prefix in ((nucleus, "Nucleus."), (around, "Cytoplasm."))
+        for frame in frames
+        for column in frame.columns
+        if column not in _DROPPED
+    ]
+    table = np.column_stack([frame[column].to_numpy(np.float64) for frame, column, _ in kept])
+    names = [prefix + column for _, column, prefix in kept]
     return np.nan_to_num(table, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32), names
 
 
@@ -201,3 +229,51 @@ def _handcrafted(crop: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
             sobel(total).mean(),
         ]
     )
+
+
+@dataclass
+class CellOutlines:
+    """The outlines of a sample's cells, rasterised into their crops on demand (row *i* = crop *i*)."""
+
+    x_px: np.ndarray
+    y_px: np.ndarray
+    geometry: np.ndarray
+    slide_mpp: float
+    params: CropParams
+
+    @classmethod
+    def read(cls, cells_path: str | Path, *, size: int, mpp: float, n_crops: int) -> CellOutlines:
+        """Outlines from ``cells.parquet`` for crops of ``size`` px at ``mpp`` µm/px (``crops.zarr``'s)."""
+        from bitro.errors import InputError
+        from bitro.preprocess.cells import read_cells
+        from bitro.preprocess.crops import CropParams
+
+        table = read_cells(cells_path)
+        if len(table) != n_crops:
+            raise InputError(
+                cells_path, f"has {len(table)} cells but the crops are of {n_crops}: not the same cells"
+            )
+        moved = table["x_px"].to_numpy() > 0
+        ratios = table["x_um"].to_numpy()[moved] / table["x_px"].to_numpy()[moved]
+        if not len(ratios) or not np.all(np.isfinite(ratios)) or np.median(ratios) <= 0:
+            raise InputError(
+                cells_path, "has no cell from which to tell the slide's µm per pixel (x_um / x_px)"
+            )
+        return cls(
+            table["x_px"].to_numpy(np.float64),
+            table["y_px"].to_numpy(np.float64),
+            table["geometry"].to_numpy(),
+            float(np.median(ratios)),
+            CropParams(size=size, mpp=mpp),
+        )
+
+    def masks(self, start: int, stop: int) -> np.ndarray:
+        """Nucleus masks of crops ``start`` to ``stop`` (empty where a cell has no outline)."""
+        rows = slice(start, stop)
+        return outline_masks(
+            self.x_px[rows],
+            self.y_px[rows],
+            self.geometry[rows],
+            slide_mpp=self.slide_mpp,
+            params=self.params,
+        )
