@@ -11,9 +11,9 @@
   well each tells the demo's true cell types apart (5-fold logistic regression on standardised features,
   balanced accuracy) for the segmented cells matched to a true nucleus.
 
-Usage: ``.venv/bin/python benchmarks/bench_histomicstk.py [--out benchmarks/out/htk_demo] [--preset default]
-[--seed 0] [--feature-cells 8000] [--skip stain,segment,features]``; the demo ``make demo`` generates
-(preset ``default``, seed 0) is generated there when missing.
+Usage: ``.venv/bin/python benchmarks/bench_histomicstk.py [--preset default] [--seed 0] [--out DIR]
+[--feature-cells 8000] [--skip stain,segment,features]``; the demo ``make demo`` generates (preset
+``default``, seed 0) is generated in ``benchmarks/out/htk_demo_default_0`` when missing.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).resolve().parent / "out" / "htk_demo"
+OUT = Path(__file__).resolve().parent / "out"
 
 
 def demo(root: Path, name: str, seed: int) -> Path:
@@ -246,7 +246,9 @@ def bench_features(root: Path, segmented: dict, n_cells: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: benchmarks/out/htk_demo_{preset}_{seed}"
+    )
     parser.add_argument("--preset", default="default", help="demo preset generated into --out when missing")
     parser.add_argument("--seed", type=int, default=0, help="demo seed (make demo's is 0)")
     parser.add_argument(
@@ -256,7 +258,8 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore", FutureWarning)
     skip = set(filter(None, args.skip.split(",")))
-    root = demo(args.out, args.preset, args.seed)
+    out = args.out or OUT / f"htk_demo_{args.preset}_{args.seed}"
+    root = demo(out, args.preset, args.seed)
     results = {}
     if "stain" not in skip:
         results["stain"] = bench_stain(root)
@@ -264,7 +267,7 @@ def main() -> None:
         results["segment"], segmented = bench_segment(root)
         if "features" not in skip:
             results["features"] = bench_features(root, segmented, args.feature_cells)
-    (args.out / "bench_histomicstk.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "bench_histomicstk.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
