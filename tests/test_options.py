@@ -27,6 +27,9 @@ def test_the_config_schema_offers_exactly_the_library_choices() -> None:
     )
     assert props["features"]["properties"]["encoder"]["enum"] == list(options.ENCODERS)
     assert set(options.FITTED_STAIN_METHODS) == set(options.STAIN_METHODS) - {"none"}
+    assert props["stain"]["properties"]["method"]["default"] == options.DEFAULT_STAIN_METHOD
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert config["stain"]["method"] == options.DEFAULT_STAIN_METHOD
 
 
 def choices(parser: argparse.ArgumentParser, verb: str, flag: str) -> tuple[str, ...]:
@@ -37,5 +40,7 @@ def choices(parser: argparse.ArgumentParser, verb: str, flag: str) -> tuple[str,
 def test_the_command_line_offers_exactly_the_library_choices() -> None:
     parser = build_parser()
     assert choices(parser, "stain", "--method") == options.STAIN_METHODS
+    assert parser.parse_args(["stain", "--format", "hest", "--root", ".", "--sample", "S", "--reference", "r",
+                              "--out", "o"]).method == options.DEFAULT_STAIN_METHOD  # fmt: skip
     assert choices(parser, "cells", "--backend") == options.SEGMENTATION_BACKENDS
     assert choices(parser, "embed", "--encoder") == options.ENCODERS

@@ -19,7 +19,7 @@ from bitro.commands import plot as plot_commands
 from bitro.commands import train as train_commands
 from bitro.commands import transfer as transfer_commands
 from bitro.errors import InputError
-from bitro.options import ENCODERS, SEGMENTATION_BACKENDS, STAIN_METHODS
+from bitro.options import DEFAULT_STAIN_METHOD, ENCODERS, SEGMENTATION_BACKENDS, STAIN_METHODS
 
 if TYPE_CHECKING:
     from bitro.features.encoders import Encoder
@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     stain = verbs.add_parser("stain", help="fit the slide's stain matrix and write stain.json")
     _add_sample_args(stain)
     _add_tissue_args(stain)
-    stain.add_argument("--method", choices=STAIN_METHODS, default="vahadane")
+    stain.add_argument("--method", choices=STAIN_METHODS, default=DEFAULT_STAIN_METHOD)
     stain.add_argument("--reference", required=True, type=Path, help="reference JSON (bitro stain-reference)")
     stain.add_argument("--fit-mpp", type=float, default=1.0, help="pixel size the fit samples at (µm)")
     stain.add_argument("--n-tiles", type=int, default=32, help="tissue tiles sampled for the fit")

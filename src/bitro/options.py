@@ -7,6 +7,8 @@ from here (``tests/test_options.py`` checks the schema), and this module imports
 
 from __future__ import annotations
 
+from typing import Final
+
 STAIN_METHODS: tuple[str, ...] = (
     "vahadane",
     "macenko",
@@ -15,6 +17,11 @@ STAIN_METHODS: tuple[str, ...] = (
     "none",
 )
 """Stain models: bitro's Vahadane and Macenko, HistomicsTK's Macenko PCA and Xu SNMF, or none."""
+
+DEFAULT_STAIN_METHOD: Final = "vahadane"
+"""The default stain model (the paper's). Macenko is closer to the demo's planted vectors and faster, but
+the classical segmenter, tuned on Vahadane's haematoxylin, then loses recall (``benchmarks/RESULTS.md``,
+"HistomicsTK against bitro's own")."""
 
 FITTED_STAIN_METHODS: tuple[str, ...] = tuple(m for m in STAIN_METHODS if m != "none")
 """The stain methods that fit vectors (and so have a reference model)."""

@@ -35,7 +35,7 @@ from bitro._atomic import atomic_path
 from bitro.errors import InputError
 from bitro.io.slides import Slide
 from bitro.io.validate import require_file
-from bitro.options import FITTED_STAIN_METHODS, STAIN_METHODS
+from bitro.options import DEFAULT_STAIN_METHOD, FITTED_STAIN_METHODS, STAIN_METHODS
 from bitro.preprocess.regions import read_at_mpp
 from bitro.preprocess.tissue import TissueMask, low_resolution_rgb
 
@@ -195,7 +195,7 @@ def fit_macenko(od: np.ndarray, *, alpha: float = 1.0) -> np.ndarray:
 def fit_stain_model(
     rgb: np.ndarray,
     *,
-    method: StainMethod = "vahadane",
+    method: StainMethod = DEFAULT_STAIN_METHOD,
     background: np.ndarray | None = None,
     lam: float = 0.1,
     seed: int = 0,
@@ -209,7 +209,8 @@ def fit_stain_model(
     rgb
         Tissue pixels; glass and faint pixels are dropped by the OD threshold.
     method
-        ``vahadane`` (default), ``macenko``, ``histomicstk_macenko_pca``, ``histomicstk_xu_snmf`` or ``none``.
+        ``vahadane`` (default, ``bitro.options.DEFAULT_STAIN_METHOD``), ``macenko``,
+        ``histomicstk_macenko_pca``, ``histomicstk_xu_snmf`` or ``none``.
     background
         ``I₀`` per channel; by default estimated from the image's brightest pixels.
     lam
@@ -311,7 +312,7 @@ def fit_slide_stain(
     slide: Slide,
     mask: TissueMask,
     *,
-    method: StainMethod = "vahadane",
+    method: StainMethod = DEFAULT_STAIN_METHOD,
     mpp: float = 1.0,
     n_tiles: int = 32,
     seed: int = 0,
