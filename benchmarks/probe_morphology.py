@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="default: benchmarks/out/probe_{preset}_{seed}"
     )
+    parser.add_argument("--demo", type=Path, default=None, help="an existing demo of that preset and seed")
     args = parser.parse_args()
 
     from bitro.demo import generate_demo, preset
@@ -90,7 +91,7 @@ def main() -> None:
     from bitro.preprocess.crops import read_crops
 
     out = args.out or OUT / f"probe_{args.preset}_{args.seed}"
-    root = out / "demo"
+    root = args.demo or out / "demo"
     if not (root / "hest" / "truth" / "params.json").is_file():
         generate_demo(root, config=preset(args.preset, seed=args.seed), progress=False)
     ids = sorted(p.stem for p in (root / "hest" / "wsis").glob("*.tif"))
@@ -101,6 +102,9 @@ def main() -> None:
     n_cells = 0
     for sid, folder in folders.items():
         crops = read_crops(folder / "crops.zarr")
+        cells = read_cells(folder / "cells.parquet", geometry=False)
+        # Only cells inside a spot reach the probe: the others are not embedded.
+        inside = np.nonzero(cells["unit_id"].to_numpy() >= 0)[0]
         pixels = np.asarray(crops[:])
         outlines = CellOutlines.read(
             folder / "cells.parquet",
@@ -108,19 +112,20 @@ def main() -> None:
             mpp=float(crops.attrs["mpp"]),
             n_crops=len(pixels),
         )
-        cells = read_cells(folder / "cells.parquet", geometry=False)
-        n_cells += len(pixels)
+        masks = np.concatenate([outlines.masks(i, i + 1) for i in inside])
+        n_cells += len(inside)
         for name, encoder in encoders.items():
             t0 = time.perf_counter()
             features = np.concatenate(
                 [
-                    encoder.embed(pixels[i : i + 1024], outlines.masks(i, min(i + 1024, len(pixels))))
-                    for i in range(0, len(pixels), 1024)
+                    encoder.embed(pixels[inside[i : i + 1024]], masks[i : i + 1024])
+                    for i in range(0, len(inside), 1024)
                 ]
             )
             seconds[name] += time.perf_counter() - t0
-            spots[name][sid] = spot_table(folder, np.nan_to_num(features.astype(np.float64)), cells)
-        print(f"  {sid}: {len(pixels)} cells, {len(spots['histomicstk'][sid][1])} spots", flush=True)
+            table = cells.iloc[inside].reset_index(drop=True)
+            spots[name][sid] = spot_table(folder, np.nan_to_num(features.astype(np.float64)), table)
+        print(f"  {sid}: {len(inside)} cells in {len(spots['histomicstk'][sid][1])} spots", flush=True)
     report = {"n_cells": n_cells, "slides": ids}
     for name in encoders:
         pcc = []
@@ -134,7 +139,7 @@ def main() -> None:
             "per_fold": pcc,
             "cells_per_s": n_cells / seconds[name],
         }
-    print(f"\nHEST probe (leave one slide out) on {len(ids)} demo ST slides, {n_cells} cells")
+    print(f"\nHEST probe (leave one slide out) on {len(ids)} demo ST slides, {n_cells} cells in spots")
     print("| features | PCC gene (mean over folds) | per fold | cells/s |")
     print("| --- | --- | --- | --- |")
     for name in encoders:
