@@ -180,7 +180,7 @@ def bench_features(root: Path, segmented: dict, n_cells: int) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from bitro.features.encoders import MorphologyEncoder
+    from bitro.features.encoders import HistomicsTKMorphologyEncoder
     from bitro.features.morphology import HandcraftedMorphology, outline_masks
     from bitro.io import open_slide
     from bitro.preprocess.crops import CropParams, CropReader
@@ -212,7 +212,7 @@ def bench_features(root: Path, segmented: dict, n_cells: int) -> dict:
     if len(y) > n_cells:
         keep = np.sort(np.random.default_rng(0).choice(len(y), size=n_cells, replace=False))
         all_crops, all_masks, y = all_crops[keep], all_masks[keep], y[keep]
-    encoders = {"histomicstk": MorphologyEncoder(), "hand-written": HandcraftedMorphology()}
+    encoders = {"histomicstk": HistomicsTKMorphologyEncoder(), "hand-written": HandcraftedMorphology()}
     summary = {}
     for name, encoder in encoders.items():
         encoder.embed(all_crops[:64], all_masks[:64])  # warm: imports

@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from bitro.demo import generate_demo, preset
-    from bitro.features.encoders import MorphologyEncoder
+    from bitro.features.encoders import HistomicsTKMorphologyEncoder
     from bitro.features.morphology import CellOutlines, HandcraftedMorphology
     from bitro.preprocess.cells import read_cells
     from bitro.preprocess.crops import read_crops
@@ -96,7 +96,7 @@ def main() -> None:
         generate_demo(root, config=preset(args.preset, seed=args.seed), progress=False)
     ids = sorted(p.stem for p in (root / "hest" / "wsis").glob("*.tif"))
     folders = {sid: prepare(root, sid, out / "samples") for sid in ids}
-    encoders = {"histomicstk": MorphologyEncoder(), "hand-written": HandcraftedMorphology()}
+    encoders = {"histomicstk": HistomicsTKMorphologyEncoder(), "hand-written": HandcraftedMorphology()}
     spots: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {name: {} for name in encoders}
     seconds = dict.fromkeys(encoders, 0.0)
     n_cells = 0

@@ -122,15 +122,35 @@ def test_registry_and_embedding_shapes() -> None:
     from bitro.features.encoders import ENCODERS, load_encoder
 
     x = crops(4)
-    for name in ("efficientnet_lite0", "morphology"):
+    for name in ("efficientnet_lite0", "morphology", "morphology_histomicstk"):
         encoder = load_encoder(name, image_size=64)
         out = encoder.embed(x)
         assert out.shape == (4, encoder.dim) and np.isfinite(out).all()
-    assert set(ENCODERS) == {"dinov3_vitl16", "efficientnet_lite0", "morphology"}
+    assert set(ENCODERS) == {"dinov3_vitl16", "efficientnet_lite0", "morphology", "morphology_histomicstk"}
     with pytest.raises(MissingInputError, match="resources/weights/dinov3_vitl16"):
         load_encoder("dinov3_vitl16")
     with pytest.raises(ValueError, match="unknown encoder"):
         load_encoder("resnet")
+
+
+def test_morphology_measures_a_drawn_nucleus() -> None:
+    from bitro.features.encoders import MorphologyEncoder
+    from bitro.features.morphology import MORPHOLOGY_FEATURES
+
+    yy, xx = np.mgrid[:48, :48]
+    disk = (xx - 24) ** 2 + (yy - 24) ** 2 <= 8**2
+    ellipse = ((xx - 24) / 14) ** 2 + ((yy - 24) / 5) ** 2 <= 1
+    images = np.full((2, 48, 48, 3), (235, 200, 225), dtype=np.uint8)
+    images[0][disk] = (90, 60, 140)
+    images[1][ellipse] = (90, 60, 140)
+    features = MorphologyEncoder().embed(images)
+    area = features[:, MORPHOLOGY_FEATURES.index("nucleus_area_px")]
+    eccentricity = features[:, MORPHOLOGY_FEATURES.index("nucleus_eccentricity")]
+    assert area[0] == disk.sum() and area[1] == ellipse.sum()
+    assert eccentricity[0] < 0.1 and eccentricity[1] > 0.9
+    # Given the outline, it measures the outline, not what it finds in the crop.
+    inner = ((xx - 24) / 10) ** 2 + ((yy - 24) / 4) ** 2 <= 1
+    assert MorphologyEncoder().embed(images[1:], inner[None])[0, 0] == inner.sum()
 
 
 @pytest.fixture(scope="module")

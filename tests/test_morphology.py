@@ -1,4 +1,4 @@
-"""The ``morphology`` encoder: HistomicsTK's nuclear features on crops and their nucleus masks."""
+"""The ``morphology_histomicstk`` encoder: HistomicsTK's nuclear features on crops and their nucleus masks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import shapely
 
-from bitro.features.encoders import MorphologyEncoder
+from bitro.features.encoders import HistomicsTKMorphologyEncoder
 from bitro.features.morphology import HandcraftedMorphology, histomicstk_features, outline_masks
 from bitro.preprocess.crops import CropParams
 
@@ -33,13 +33,13 @@ def painted(masks: list[np.ndarray], colour: tuple[int, int, int] = HAEMATOXYLIN
 
 
 @pytest.fixture(scope="module")
-def encoder() -> MorphologyEncoder:
-    return MorphologyEncoder()
+def encoder() -> HistomicsTKMorphologyEncoder:
+    return HistomicsTKMorphologyEncoder()
 
 
 @pytest.mark.parametrize(("a", "b", "theta"), [(9.0, 5.0, 0.0), (12.0, 4.0, 0.7), (7.0, 7.0, 0.0)])
 def test_a_synthetic_nucleus_has_its_area_and_eccentricity(
-    encoder: MorphologyEncoder, a: float, b: float, theta: float
+    encoder: HistomicsTKMorphologyEncoder, a: float, b: float, theta: float
 ) -> None:
     """Area πab and eccentricity √(1 − b²/a²) of a drawn ellipse, whatever its orientation."""
     mask = ellipse(a, b, theta)
@@ -56,7 +56,7 @@ def test_a_synthetic_nucleus_has_its_area_and_eccentricity(
 
 
 def test_darker_nuclei_measure_darker_and_cytoplasm_is_measured_around_them(
-    encoder: MorphologyEncoder,
+    encoder: HistomicsTKMorphologyEncoder,
 ) -> None:
     mask = ellipse(8, 6)
     dark, pale = painted([mask], HAEMATOXYLIN), painted([mask], (170, 150, 200))
@@ -69,7 +69,7 @@ def test_darker_nuclei_measure_darker_and_cytoplasm_is_measured_around_them(
     assert any(n.startswith("Cytoplasm.Haralick.") for n in encoder.feature_names)
 
 
-def test_a_batch_gives_each_crop_the_features_it_has_alone(encoder: MorphologyEncoder) -> None:
+def test_a_batch_gives_each_crop_the_features_it_has_alone(encoder: HistomicsTKMorphologyEncoder) -> None:
     """Crops share one mosaic per batch: nothing of one crop may leak into its neighbours' features."""
     rng = np.random.default_rng(0)
     masks = [ellipse(rng.uniform(4, 12), rng.uniform(3, 6), rng.uniform(0, 3)) for _ in range(7)]
@@ -81,7 +81,7 @@ def test_a_batch_gives_each_crop_the_features_it_has_alone(encoder: MorphologyEn
     assert np.allclose(together, alone, rtol=1e-5, atol=1e-5)
 
 
-def test_without_masks_the_nucleus_is_found_in_the_crop(encoder: MorphologyEncoder) -> None:
+def test_without_masks_the_nucleus_is_found_in_the_crop(encoder: HistomicsTKMorphologyEncoder) -> None:
     mask = ellipse(9, 5)
     with_mask = encoder.embed(painted([mask]), mask[None])
     found = encoder.embed(painted([mask]))
@@ -137,13 +137,16 @@ def test_the_embed_verb_measures_each_nucleus_under_its_outline(
     assert run("cells", *sample, *cells, "--out", t / "cells.parquet") == 0
     crops = ["--cells", t / "cells.parquet", "--stain", t / "stain.json", "--quiet"]
     assert run("crops", *sample, *crops, "--out", t / "crops.zarr") == 0
-    embed = ["embed", "--mode", "crop", "--crops", t / "crops.zarr", "--encoder", "morphology", "--quiet"]
+    embed = ["embed", "--mode", "crop", "--crops", t / "crops.zarr", "--encoder", "morphology_histomicstk"]
+    embed.append("--quiet")
     assert run(*embed, "--cells", t / "cells.parquet", "--out", t / "embeddings.npy") == 0
     values, describe = read_embeddings(t / "embeddings.npy")
     assert describe["nucleus_masks"] == "outlines" and values.shape[1] == describe["dim"]
     table = read_cells(t / "cells.parquet")
     masks = outline_masks(table["x_px"], table["y_px"], table["geometry"], slide_mpp=0.5, params=CropParams())
-    area = values[:, MorphologyEncoder().feature_names.index("Nucleus.Size.Area")].astype(np.float64)
+    area = values[:, HistomicsTKMorphologyEncoder().feature_names.index("Nucleus.Size.Area")].astype(
+        np.float64
+    )
     has_outline = masks.reshape(len(masks), -1).any(axis=1)
     assert has_outline.mean() > 0.99
     assert np.allclose(area[has_outline], masks[has_outline].sum(axis=(1, 2)), rtol=2e-3)

@@ -19,7 +19,13 @@ from bitro.commands import plot as plot_commands
 from bitro.commands import train as train_commands
 from bitro.commands import transfer as transfer_commands
 from bitro.errors import InputError
-from bitro.options import DEFAULT_STAIN_METHOD, ENCODERS, SEGMENTATION_BACKENDS, STAIN_METHODS
+from bitro.options import (
+    DEFAULT_STAIN_METHOD,
+    ENCODERS,
+    NUCLEAR_FEATURE_ENCODERS,
+    SEGMENTATION_BACKENDS,
+    STAIN_METHODS,
+)
 
 if TYPE_CHECKING:
     from bitro.features.encoders import Encoder
@@ -244,7 +250,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         "pooling": args.pooling if args.encoder.startswith("dinov3") else None,
     }
     outlines = None
-    if args.encoder == "morphology" and args.cells is not None:
+    if args.encoder in NUCLEAR_FEATURE_ENCODERS and args.cells is not None:
         from bitro.features.morphology import CellOutlines
         from bitro.preprocess.crops import read_crops
 

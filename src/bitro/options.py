@@ -29,5 +29,8 @@ FITTED_STAIN_METHODS: tuple[str, ...] = tuple(m for m in STAIN_METHODS if m != "
 SEGMENTATION_BACKENDS: tuple[str, ...] = ("classical", "histomicstk", "precomputed", "cellvit")
 """Cell sources: bitro's classical segmenter, HistomicsTK's, a segmentation file, or CellViT++."""
 
-ENCODERS: tuple[str, ...] = ("dinov3_vitl16", "efficientnet_lite0", "morphology")
+ENCODERS: tuple[str, ...] = ("dinov3_vitl16", "efficientnet_lite0", "morphology", "morphology_histomicstk")
 """Cell encoders (``bitro.features.encoders``)."""
+
+NUCLEAR_FEATURE_ENCODERS: tuple[str, ...] = ("morphology", "morphology_histomicstk")
+"""The encoders that measure each cell's nucleus (no weights, no tokens; crop mode only)."""

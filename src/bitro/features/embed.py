@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from bitro._atomic import atomic_path
 from bitro.features.embeddings import read_embeddings
-from bitro.features.encoders import Encoder, MorphologyEncoder
+from bitro.features.encoders import Encoder
 from bitro.features.morphology import CellOutlines
 from bitro.preprocess.crops import read_crops
 
@@ -77,7 +77,7 @@ def embed_crops(
     extra
         More keys for ``embeddings.json`` (e.g. image size, pooling).
     outlines
-        ``morphology`` encoder: the cells' outlines, its nucleus masks (else it finds each nucleus in its
+        ``morphology`` encoders: the cells' outlines, their nucleus masks (else each nucleus is found in its
         crop). Other encoders ignore them.
     """
     crops_path, out = Path(crops_path), Path(out)
@@ -94,8 +94,9 @@ def embed_crops(
         "n_cells": n,
         "dtype": "float16",
     } | (extra or {})
-    use_outlines = outlines is not None and isinstance(encoder, MorphologyEncoder)
-    if isinstance(encoder, MorphologyEncoder):
+    measures_nuclei = bool(getattr(encoder, "uses_nucleus_masks", False))
+    use_outlines = outlines is not None and measures_nuclei
+    if measures_nuclei:
         describe["nucleus_masks"] = "outlines" if use_outlines else "crop"
     partial = out.with_name(out.name + ".partial")
     sidecar = out.with_name(out.name + ".partial.json")
@@ -119,8 +120,8 @@ def embed_crops(
             rows = slice(k * chunk + start, k * chunk + min(start + batch_size, len(block)))
             crops_batch = block[start : start + batch_size]
             if use_outlines:
-                assert outlines is not None and isinstance(encoder, MorphologyEncoder)
-                embedded = encoder.embed(crops_batch, outlines.masks(rows.start, rows.stop))
+                assert outlines is not None
+                embedded = encoder.embed(crops_batch, outlines.masks(rows.start, rows.stop))  # type: ignore[call-arg]
             else:
                 embedded = encoder.embed(crops_batch)
             target[rows] = embedded.astype(np.float16)

