@@ -2,8 +2,9 @@
 
 Every HEST-layout slide of a demo is preprocessed by the ``bitro`` verbs as the workflow runs them (tissue,
 spots, Vahadane stain, classical segmentation, 48-px crops at 0.5 µm/px, spot targets). Every cell is then
-described twice, in the same run: by the ``morphology`` encoder (HistomicsTK's features under each
-cell's outline) and by bitro's hand-written features it replaced (same crops, same outlines). The probe
+described three ways, in the same run: by HistomicsTK's features (``morphology_histomicstk``) and by bitro's
+hand-written ones (``morphology``) under each cell's outline, and by the hand-written ones on the nucleus
+they find in the crop themselves (the ``morphology`` encoder before outlines were passed to it). The probe
 is HEST-Benchmark's (``compare_embed_modes.ridge_probe``): spot-mean features → StandardScaler → PCA
 (≤ 256) → Ridge on log1p counts of every gene, leave-one-slide-out; PCC gene is Pearson per gene across
 the held-out slide's spots, averaged over genes (constant genes count 0) and then over folds.
@@ -96,7 +97,11 @@ def main() -> None:
         generate_demo(root, config=preset(args.preset, seed=args.seed), progress=False)
     ids = sorted(p.stem for p in (root / "hest" / "wsis").glob("*.tif"))
     folders = {sid: prepare(root, sid, out / "samples") for sid in ids}
-    encoders = {"histomicstk": HistomicsTKMorphologyEncoder(), "hand-written": HandcraftedMorphology()}
+    encoders = {
+        "histomicstk": HistomicsTKMorphologyEncoder(),
+        "hand-written": HandcraftedMorphology(),
+        "hand-written, nucleus found in the crop": HandcraftedMorphology(),
+    }
     spots: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {name: {} for name in encoders}
     seconds = dict.fromkeys(encoders, 0.0)
     n_cells = 0
@@ -118,7 +123,9 @@ def main() -> None:
             t0 = time.perf_counter()
             features = np.concatenate(
                 [
-                    encoder.embed(pixels[inside[i : i + 1024]], masks[i : i + 1024])
+                    encoder.embed(
+                        pixels[inside[i : i + 1024]], None if "crop" in name else masks[i : i + 1024]
+                    )
                     for i in range(0, len(inside), 1024)
                 ]
             )

@@ -1,8 +1,11 @@
-"""Nuclear features of cell crops: HistomicsTK's (the ``morphology`` encoder) and bitro's hand-written ones.
+"""Nuclear features of cell crops: bitro's hand-written ones (``morphology``) and HistomicsTK's
+(``morphology_histomicstk``).
 
-HistomicsTK's nuclear feature set (``histomicstk.features``, as its ``compute_nuclei_features`` computes
-it with a cytoplasm image, less the Fourier shape descriptors) on the stain-normalised crop, colour-
-deconvolved with HistomicsTK's standard H&E vectors:
+The hand-written features (:class:`HandcraftedMorphology`, ``MORPHOLOGY_FEATURES``) measure the nucleus
+and its surround in the crop's optical density and grey levels. HistomicsTK's nuclear feature set
+(``histomicstk.features``, as its ``compute_nuclei_features`` computes it with a cytoplasm image, less the
+Fourier shape descriptors) is computed on the stain-normalised crop, colour-deconvolved with HistomicsTK's
+standard H&E vectors:
 
 - ``Nucleus.*``: morphometry (size, shape, Hu moments) of the nucleus mask, and intensity, gradient and
   Haralick texture statistics of the haematoxylin channel under it;
