@@ -7,15 +7,10 @@ from here (``tests/test_options.py`` checks the schema), and this module imports
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal, get_args
 
-STAIN_METHODS: tuple[str, ...] = (
-    "vahadane",
-    "macenko",
-    "histomicstk_macenko_pca",
-    "histomicstk_xu_snmf",
-    "none",
-)
+StainMethod = Literal["vahadane", "macenko", "histomicstk_macenko_pca", "histomicstk_xu_snmf", "none"]
+STAIN_METHODS: tuple[str, ...] = get_args(StainMethod)
 """Stain models: bitro's Vahadane and Macenko, HistomicsTK's Macenko PCA and Xu SNMF, or none."""
 
 DEFAULT_STAIN_METHOD: Final = "vahadane"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -35,11 +35,10 @@ from bitro._atomic import atomic_path
 from bitro.errors import InputError
 from bitro.io.slides import Slide
 from bitro.io.validate import require_file
-from bitro.options import DEFAULT_STAIN_METHOD, FITTED_STAIN_METHODS, STAIN_METHODS
+from bitro.options import DEFAULT_STAIN_METHOD, FITTED_STAIN_METHODS, STAIN_METHODS, StainMethod
 from bitro.preprocess.regions import read_at_mpp
 from bitro.preprocess.tissue import TissueMask, low_resolution_rgb
 
-StainMethod = Literal["vahadane", "macenko", "histomicstk_macenko_pca", "histomicstk_xu_snmf", "none"]
 STAINS = ("hematoxylin", "eosin")
 
 #: Ruifrok & Johnston (2001) haematoxylin and eosin OD vectors, normalised.
