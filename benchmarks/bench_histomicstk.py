@@ -3,6 +3,8 @@
 - stain estimation: every ``stain.method`` that fits vectors, on the same tissue pixels of each demo slide
   (bitro's tile sampling, glass as I₀): angle between the fitted and the planted H and E vectors
   (``truth/params.json``) and seconds per slide fit (the fit only; the tiles are read once);
+- stain for segmentation: classical segmentation from bitro's Vahadane and Macenko haematoxylin, each over
+  a sweep of threshold factors (precision and recall as below);
 - nuclear segmentation: the ``classical`` and ``histomicstk`` backends on each HEST-layout slide with the
   same stain model and threshold: precision and recall against the true nuclei (one-to-one within 4 µm)
   and slide megapixels (at the segmentation's 0.5 µm/px) per second, one process;
@@ -12,7 +14,7 @@
   balanced accuracy) for the segmented cells matched to a true nucleus.
 
 Usage: ``.venv/bin/python benchmarks/bench_histomicstk.py [--preset default] [--seed 0] [--out DIR]
-[--feature-cells 8000] [--skip stain,segment,features]``; the demo ``make demo`` generates (preset
+[--feature-cells 8000] [--skip stain,sweep,segment,features]``; the demo ``make demo`` generates (preset
 ``default``, seed 0) is generated in ``benchmarks/out/htk_demo_default_0`` when missing.
 """
 
@@ -244,6 +246,41 @@ def bench_features(root: Path, segmented: dict, n_cells: int) -> dict:
     return summary
 
 
+def bench_stain_for_segmentation(root: Path, factors: tuple[float, ...] = (0.8, 0.9, 1.0, 1.1, 1.2)) -> dict:
+    """Classical segmentation from bitro's Vahadane and Macenko haematoxylin, over threshold factors."""
+    from dataclasses import replace
+
+    from bitro.io import open_slide
+    from bitro.preprocess.segment import ClassicalParams, match_centroids, segment_classical
+    from bitro.preprocess.stain import fit_slide_stain
+    from bitro.preprocess.tissue import tissue_mask
+
+    counts: dict[str, list[int]] = {}
+    for path in sorted((root / "hest" / "wsis").glob("*.tif")):
+        truth = true_centroids(root, path.stem)
+        with open_slide(path) as slide:
+            mask = tissue_mask(slide)
+            for method in ("vahadane", "macenko"):
+                model = fit_slide_stain(slide, mask, method=method)  # type: ignore[arg-type]
+                for factor in factors:
+                    params = replace(ClassicalParams(), threshold_factor=factor, polygons=False)
+                    cells = segment_classical(slide, mask, model, params=params, progress=False)
+                    found, _ = match_centroids(
+                        cells[["x_px", "y_px"]].to_numpy(), truth, radius=4.0 / slide.mpp
+                    )
+                    c = counts.setdefault(f"{method} x{factor:g}", [0, 0, 0])
+                    c[0], c[1], c[2] = c[0] + len(found), c[1] + len(cells), c[2] + len(truth)
+    print("\nclassical segmentation from each stain model's haematoxylin, threshold = Otsu x factor")
+    print("| stain, threshold factor | precision | recall | F1 |")
+    print("| --- | --- | --- | --- |")
+    summary = {}
+    for key, (tp, found, truth) in counts.items():
+        summary[key] = {"precision": tp / found, "recall": tp / truth, "f1": 2 * tp / (found + truth)}
+        r = summary[key]
+        print(f"| {key} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} |")
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -254,7 +291,7 @@ def main() -> None:
     parser.add_argument(
         "--feature-cells", type=int, default=8000, help="cells drawn for the feature benchmark"
     )
-    parser.add_argument("--skip", default="", help="comma-separated: stain, segment, features")
+    parser.add_argument("--skip", default="", help="comma-separated: stain, segment, features, sweep")
     args = parser.parse_args()
     warnings.simplefilter("ignore", FutureWarning)
     skip = set(filter(None, args.skip.split(",")))
@@ -263,6 +300,8 @@ def main() -> None:
     results = {}
     if "stain" not in skip:
         results["stain"] = bench_stain(root)
+    if "sweep" not in skip:
+        results["stain_for_segmentation"] = bench_stain_for_segmentation(root)
     if not {"segment", "features"} <= skip:
         results["segment"], segmented = bench_segment(root)
         if "features" not in skip:

@@ -15,7 +15,7 @@ STAIN_METHODS: tuple[str, ...] = get_args(StainMethod)
 
 DEFAULT_STAIN_METHOD: Final = "vahadane"
 """The default stain model (the paper's). Macenko is closer to the demo's planted vectors and faster, but
-the classical segmenter, tuned on Vahadane's haematoxylin, then loses recall (``benchmarks/RESULTS.md``,
+classical segmentation from its haematoxylin is worse at every threshold tried (``benchmarks/RESULTS.md``,
 "HistomicsTK against bitro's own")."""
 
 FITTED_STAIN_METHODS: tuple[str, ...] = tuple(m for m in STAIN_METHODS if m != "none")
