@@ -8,10 +8,10 @@
 - nuclear segmentation: the ``classical`` and ``histomicstk`` backends on each HEST-layout slide with the
   same stain model and threshold: precision and recall against the true nuclei (one-to-one within 4 µm)
   and slide megapixels (at the segmentation's 0.5 µm/px) per second, one process;
-- nuclear features: the ``morphology`` encoder's HistomicsTK features and the hand-written ones on the
-  same stain-normalised crops (nucleus masks from the classical outlines): cells per second, and how
-  well each tells the demo's true cell types apart (5-fold logistic regression on standardised features,
-  balanced accuracy) for the segmented cells matched to a true nucleus.
+- nuclear features: HistomicsTK's (``morphology_histomicstk``) and bitro's hand-written ones
+  (``morphology``) on the same stain-normalised crops (nucleus masks from the classical outlines): cells
+  per second, and how well each tells the demo's true cell types apart (5-fold logistic regression on
+  standardised features, balanced accuracy) for the segmented cells matched to a true nucleus.
 
 Usage: ``.venv/bin/python benchmarks/bench_histomicstk.py [--preset default] [--seed 0] [--out DIR]
 [--feature-cells 8000] [--skip stain,sweep,segment,features]``; the demo ``make demo`` generates (preset
