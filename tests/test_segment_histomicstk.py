@@ -84,3 +84,24 @@ def test_histomicstk_backend_refuses_a_bad_stain_file_naming_it(
     assert code == 2
     assert "broken_stain.json" in capsys.readouterr().err
     assert not (tmp_path / "cells.parquet").exists()
+
+
+def test_histomicstk_backend_gives_the_same_cells_with_two_workers(small_demo: tuple[Path, dict]) -> None:
+    from dataclasses import replace
+
+    from bitro.io import open_slide
+    from bitro.preprocess.segment import ClassicalParams, segment_classical
+    from bitro.preprocess.stain import fit_slide_stain
+    from bitro.preprocess.tissue import tissue_mask
+
+    root, _ = small_demo
+    params = replace(ClassicalParams(), algorithm="histomicstk", batch_tiles=1, polygons=False)
+    with open_slide(root / "hest" / "wsis" / "DEMO02.tif") as slide:
+        mask = tissue_mask(slide)
+        model = fit_slide_stain(slide, mask)
+        one = segment_classical(slide, mask, model, params=params, workers=1, progress=False)
+        two = segment_classical(slide, mask, model, params=params, workers=2, progress=False)
+    assert len(one) > 500
+    assert np.allclose(
+        one[["x_px", "y_px", "area_um2"]].to_numpy(), two[["x_px", "y_px", "area_um2"]].to_numpy()
+    )

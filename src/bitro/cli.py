@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     units.set_defaults(func=_cmd_units)
 
     reference = verbs.add_parser(
-        "stain-reference", help="fit Vahadane and Macenko reference stains on a target image or slide"
+        "stain-reference", help="fit a reference stain model per method on a target image or slide"
     )
     reference.add_argument("--image", required=True, type=Path, help="PNG/JPEG image or a slide file")
     reference.add_argument("--mpp", type=float, default=None, help="the slide's µm per pixel, if unrecorded")
