@@ -134,8 +134,7 @@ def test_registry_and_embedding_shapes() -> None:
 
 
 def test_morphology_measures_a_drawn_nucleus() -> None:
-    from bitro.features.encoders import MorphologyEncoder
-    from bitro.features.morphology import MORPHOLOGY_FEATURES
+    from bitro.features.encoders import MORPHOLOGY_FEATURES, MorphologyEncoder
 
     yy, xx = np.mgrid[:48, :48]
     disk = (xx - 24) ** 2 + (yy - 24) ** 2 <= 8**2

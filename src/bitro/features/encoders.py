@@ -28,6 +28,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from bitro._hashing import files_sha256
 from bitro.errors import InputError, MissingInputError
+from bitro.features.morphology import MORPHOLOGY_FEATURES as MORPHOLOGY_FEATURES  # re-exported
 from bitro.features.morphology import HandcraftedMorphology as MorphologyEncoder
 from bitro.options import ENCODERS
 
