@@ -11,10 +11,11 @@ CORES ?= all
 
 install: $(STAMP)
 
-$(STAMP): requirements/cpu.txt requirements/test-data.txt pyproject.toml
+$(STAMP): requirements/cpu.txt requirements/histomicstk.txt requirements/test-data.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet pip==26.3
 	$(BIN)/python -m pip install --quiet -r requirements/cpu.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/histomicstk.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements/test-data.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)

@@ -122,11 +122,11 @@ def test_registry_and_embedding_shapes() -> None:
     from bitro.features.encoders import ENCODERS, load_encoder
 
     x = crops(4)
-    for name in ("efficientnet_lite0", "morphology"):
+    for name in ("efficientnet_lite0", "morphology", "morphology_histomicstk"):
         encoder = load_encoder(name, image_size=64)
         out = encoder.embed(x)
         assert out.shape == (4, encoder.dim) and np.isfinite(out).all()
-    assert set(ENCODERS) == {"dinov3_vitl16", "efficientnet_lite0", "morphology"}
+    assert set(ENCODERS) == {"dinov3_vitl16", "efficientnet_lite0", "morphology", "morphology_histomicstk"}
     with pytest.raises(MissingInputError, match="resources/weights/dinov3_vitl16"):
         load_encoder("dinov3_vitl16")
     with pytest.raises(ValueError, match="unknown encoder"):
@@ -147,6 +147,9 @@ def test_morphology_measures_a_drawn_nucleus() -> None:
     eccentricity = features[:, MORPHOLOGY_FEATURES.index("nucleus_eccentricity")]
     assert area[0] == disk.sum() and area[1] == ellipse.sum()
     assert eccentricity[0] < 0.1 and eccentricity[1] > 0.9
+    # Given the outline, it measures the outline, not what it finds in the crop.
+    inner = ((xx - 24) / 10) ** 2 + ((yy - 24) / 4) ** 2 <= 1
+    assert MorphologyEncoder().embed(images[1:], inner[None])[0, 0] == inner.sum()
 
 
 @pytest.fixture(scope="module")

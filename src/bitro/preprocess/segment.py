@@ -21,7 +21,7 @@ import multiprocessing
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,6 +74,13 @@ class ClassicalParams:
         Distance maxima of the whole foreground this far from every core seed are seeds too (pale
         nuclei that have no core). On the demo, cores raise recall of touching tumour nuclei from 0.75
         to 0.82 and these extra seeds keep pale macrophage nuclei at 0.8 (tests/test_segment.py).
+    algorithm
+        ``classical`` (bitro's threshold and watershed) or ``histomicstk`` (HistomicsTK's Kofahi
+        detection, :mod:`bitro.preprocess.segment_histomicstk`); both share the threshold, tiling, area
+        range and outlines.
+    min_radius_um, max_radius_um, search_radius_um
+        ``histomicstk`` only: the nuclear radii its multiscale DoG filter spans and the radius of its
+        local-maximum clustering.
     polygons
         Trace each nucleus outline (needed for GeoJSON export; costs about a third of the time).
     batch_tiles
@@ -91,6 +98,10 @@ class ClassicalParams:
     threshold_factor: float = 1.0
     core_factor: float = 1.3
     seed_separation_um: float = 4.0
+    algorithm: str = "classical"
+    min_radius_um: float = 2.5
+    max_radius_um: float = 6.0
+    search_radius_um: float = 3.0
     polygons: bool = True
     batch_tiles: int = 16
 
@@ -119,11 +130,30 @@ def segment_tile(
     rgb: np.ndarray, model: StainModel, threshold: float, params: ClassicalParams
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
     """Nuclei of one tile: centroids (n × 2, x/y in tile pixels), areas (px) and outlines (x/y arrays)."""
-    px_area = params.mpp**2
+    return measure_labels(nucleus_labels(rgb, model, threshold, params), params)
+
+
+def nucleus_labels(
+    rgb: np.ndarray, model: StainModel, threshold: float, params: ClassicalParams
+) -> np.ndarray:
+    """Label image of one tile's nuclei by ``params.algorithm`` (0 = background)."""
+    if params.algorithm == "histomicstk":
+        from bitro.preprocess.segment_histomicstk import kofahi_labels
+
+        return kofahi_labels(rgb, model, threshold, params)
+    if params.algorithm != "classical":
+        raise ValueError(f"unknown segmentation algorithm {params.algorithm!r}")
+    return classical_labels(rgb, model, threshold, params)
+
+
+def classical_labels(
+    rgb: np.ndarray, model: StainModel, threshold: float, params: ClassicalParams
+) -> np.ndarray:
+    """bitro's segmenter: smoothed haematoxylin above the threshold, split by a seeded watershed."""
     h = ndimage.gaussian_filter(haematoxylin(rgb, model), params.sigma_um / params.mpp)
     foreground = _clean(h > threshold, params)
     if not foreground.any():
-        return np.empty((0, 2)), np.empty(0), []
+        return np.zeros(foreground.shape, dtype=np.int32)
     distance = ndimage.gaussian_filter(ndimage.distance_transform_edt(foreground), 1.0)
     # Seeds come from the cores above a higher threshold, where touching nuclei come apart; objects
     # with no core (pale nuclei) are seeded from their own distance maxima.
@@ -139,8 +169,17 @@ def segment_tile(
     peaks = np.concatenate([peaks, extra])
     markers = np.zeros(foreground.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    labels = watershed(-distance, markers, mask=foreground)
+    return watershed(-distance, markers, mask=foreground)
+
+
+def measure_labels(
+    labels: np.ndarray, params: ClassicalParams
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
+    """Centroids (x/y), areas (px) and outlines of the labels whose area is within the settings' range."""
+    px_area = params.mpp**2
     n = int(labels.max())
+    if n == 0:
+        return np.empty((0, 2)), np.empty(0), []
     rows, cols = np.nonzero(labels)
     ids = labels[rows, cols]
     areas = np.bincount(ids, minlength=n + 1).astype(np.float64)
@@ -432,16 +471,17 @@ def segmented_cells(
     sample, slide
         The sample and its open slide.
     backend
-        ``classical`` (segment here), ``precomputed`` (``segmentation`` file, else the layout's own:
-        HEST CellViT, Xenium cells) or ``cellvit`` (the ``cells.json`` CellViT++ wrote).
+        ``classical`` or ``histomicstk`` (segment here), ``precomputed`` (``segmentation`` file, else the
+        layout's own: HEST CellViT, Xenium cells) or ``cellvit`` (the ``cells.json`` CellViT++ wrote).
     mask
-        The tissue mask (classical only segments tiles that touch tissue).
+        The tissue mask (classical and histomicstk only segment tiles that touch tissue).
     stain
-        ``stain.json`` whose slide model gives the haematoxylin channel (classical); fitted here if absent.
+        ``stain.json`` whose slide model gives the haematoxylin channel (classical, histomicstk); fitted
+        here if absent.
     segmentation
         The segmentation file for ``precomputed`` / ``cellvit``.
     params, workers, checkpoint
-        Classical settings, processes, and resume folder.
+        Segmenter settings (their ``algorithm`` is set to the backend), processes, and resume folder.
 
     Returns
     -------
@@ -453,10 +493,11 @@ def segmented_cells(
     from bitro.preprocess.cellvit import cellvit_output_path, read_cellvit_cells
     from bitro.preprocess.stain import fit_slide_stain, read_stain_json
 
-    if backend == "classical":
+    if backend in ("classical", "histomicstk"):
         model = read_stain_json(stain)[0] if stain is not None else fit_slide_stain(slide, mask)
+        params = replace(params or ClassicalParams(), algorithm=backend)
         cells = segment_classical(slide, mask, model, params=params, workers=workers, checkpoint=checkpoint)
-        return cells, "classical", slide.path
+        return cells, backend, slide.path
     if backend == "cellvit":
         if segmentation is None:
             raise ValueError("the cellvit backend needs the cells.json CellViT++ wrote (segmentation=…)")

@@ -1,4 +1,4 @@
-"""Stain separation and normalisation (paper Appendix B, eq. 17–18): Vahadane, Macenko, or none.
+"""Stain separation and normalisation (paper Appendix B, eq. 17–18): Vahadane, Macenko, HistomicsTK, none.
 
 Pixels are turned into optical density ``OD = −ln(I / I₀)`` with ``I₀`` the slide's own glass colour (a
 tinted or dim scan is not mistaken for stain). A stain model ``W`` (2 × 3, rows haematoxylin and eosin,
@@ -11,6 +11,8 @@ slide's concentrations with a reference model: ``C' = C · (c_ref / c_src)`` per
   the Ruifrok–Johnston vectors.
 - ``macenko``: the plane of the two leading singular vectors of tissue OD, stains at the robust extreme
   angles (1st and 99th percentile) in that plane.
+- ``histomicstk_macenko_pca``, ``histomicstk_xu_snmf``: HistomicsTK's Macenko PCA and Xu SNMF (the sparse
+  NMF of Vahadane's method) on the same tissue OD (:mod:`bitro.preprocess.stain_histomicstk`).
 - ``none``: the Ruifrok–Johnston vectors, used only to separate haematoxylin for segmentation; pixels
   pass through unchanged.
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -33,11 +35,10 @@ from bitro._atomic import atomic_path
 from bitro.errors import InputError
 from bitro.io.slides import Slide
 from bitro.io.validate import require_file
+from bitro.options import DEFAULT_STAIN_METHOD, FITTED_STAIN_METHODS, STAIN_METHODS, StainMethod
 from bitro.preprocess.regions import read_at_mpp
 from bitro.preprocess.tissue import TissueMask, low_resolution_rgb
 
-StainMethod = Literal["vahadane", "macenko", "none"]
-STAIN_METHODS: tuple[str, ...] = ("vahadane", "macenko", "none")
 STAINS = ("hematoxylin", "eosin")
 
 #: Ruifrok & Johnston (2001) haematoxylin and eosin OD vectors, normalised.
@@ -58,7 +59,7 @@ class StainModel:
     Attributes
     ----------
     method
-        ``vahadane``, ``macenko`` or ``none``.
+        One of ``STAIN_METHODS`` (``bitro.options``).
     matrix
         2 × 3 unit rows in OD space: haematoxylin, eosin.
     max_concentrations
@@ -193,7 +194,7 @@ def fit_macenko(od: np.ndarray, *, alpha: float = 1.0) -> np.ndarray:
 def fit_stain_model(
     rgb: np.ndarray,
     *,
-    method: StainMethod = "vahadane",
+    method: StainMethod = DEFAULT_STAIN_METHOD,
     background: np.ndarray | None = None,
     lam: float = 0.1,
     seed: int = 0,
@@ -207,7 +208,8 @@ def fit_stain_model(
     rgb
         Tissue pixels; glass and faint pixels are dropped by the OD threshold.
     method
-        ``vahadane`` (default), ``macenko`` or ``none``.
+        ``vahadane`` (default, ``bitro.options.DEFAULT_STAIN_METHOD``), ``macenko``,
+        ``histomicstk_macenko_pca``, ``histomicstk_xu_snmf`` or ``none``.
     background
         ``I₀`` per channel; by default estimated from the image's brightest pixels.
     lam
@@ -225,15 +227,25 @@ def fit_stain_model(
         raise ValueError(f"only {len(od)} stained pixels: too few to fit a {method} stain model")
     elif method == "vahadane":
         matrix = fit_vahadane(od, lam=lam, seed=seed, max_pixels=max_pixels)
-    else:
+    elif method == "macenko":
         matrix = fit_macenko(od)
+    elif method == "histomicstk_macenko_pca":
+        from bitro.preprocess.stain_histomicstk import fit_histomicstk_macenko_pca
+
+        matrix = fit_histomicstk_macenko_pca(od)
+    else:
+        from bitro.preprocess.stain_histomicstk import XU_SNMF_BETA, fit_histomicstk_xu_snmf
+
+        matrix = fit_histomicstk_xu_snmf(od, seed=seed, max_pixels=max_pixels)
+        lam = XU_SNMF_BETA
     if len(od):
         conc = np.maximum(od @ np.linalg.pinv(matrix), 0.0)
         max_conc = np.percentile(conc, CONCENTRATION_PERCENTILE, axis=0)
     else:
         max_conc = np.ones(2)
     max_conc = np.maximum(max_conc, 1e-3)
-    info = {"n_pixels": len(od), "lambda": lam if method == "vahadane" else None, "seed": seed}
+    sparse = method in ("vahadane", "histomicstk_xu_snmf")
+    info = {"n_pixels": len(od), "lambda": lam if sparse else None, "seed": seed}
     return StainModel(method, matrix, max_conc, bg, info | (fit_info or {}))
 
 
@@ -299,7 +311,7 @@ def fit_slide_stain(
     slide: Slide,
     mask: TissueMask,
     *,
-    method: StainMethod = "vahadane",
+    method: StainMethod = DEFAULT_STAIN_METHOD,
     mpp: float = 1.0,
     n_tiles: int = 32,
     seed: int = 0,
@@ -404,17 +416,17 @@ def read_reference(path: str | Path, method: str) -> StainModel | None:
 
 
 def reference_from_image(image: np.ndarray, *, seed: int = 0) -> dict[str, StainModel]:
-    """Vahadane and Macenko reference models of one RGB target image."""
+    """A reference model per fitting method (``FITTED_STAIN_METHODS``) of one RGB target image."""
     return {
         method: fit_stain_model(image, method=method, seed=seed, max_pixels=20000)  # type: ignore[arg-type]
-        for method in ("vahadane", "macenko")
+        for method in FITTED_STAIN_METHODS
     }
 
 
 def reference_from_slide(
     path: str | Path, *, mpp: float | None = None, seed: int = 0
 ) -> dict[str, StainModel]:
-    """Vahadane and Macenko reference models of a slide, fitted on tissue tiles with its glass as ``I₀``."""
+    """A reference model per fitting method of a slide, fitted on tissue tiles with its glass as ``I₀``."""
     from bitro.io.slides import open_slide
     from bitro.preprocess.tissue import tissue_mask
 
@@ -422,7 +434,7 @@ def reference_from_slide(
         mask = tissue_mask(slide, mpp=min(8.0, max(slide.mpp, 2.0)))
         return {
             method: fit_slide_stain(slide, mask, method=method, seed=seed, n_tiles=64)  # type: ignore[arg-type]
-            for method in ("vahadane", "macenko")
+            for method in FITTED_STAIN_METHODS
         }
 
 
