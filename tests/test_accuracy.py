@@ -172,12 +172,14 @@ def test_runs_predict_the_test_units_and_resume_from_their_cache(tmp_path: Path)
     assert result.prediction.shape == y.shape and np.isfinite(result.prediction).all()
     assert result.info["train"]["steps_run"] >= 12 and 0 <= result.info["attention_entropy"] <= 1 + 1e-9
     assert {"gat.layers", "mil.queries", "transformer.blocks"} <= set(result.info["gradient_norms"])
-    save_run(result, tmp_path / "runs" / "bitro_lr0.001_s0")
-    assert load_run(tmp_path / "runs" / "bitro_lr0.003_s0") is None  # a dot in the name is no suffix
-    again = load_run(tmp_path / "runs" / "bitro_lr0.001_s0")
+    save_run(result, tmp_path / "runs" / "bitro_lr0.001_s0", settings)
+    assert load_run(tmp_path / "runs" / "bitro_lr0.003_s0", settings) is None  # a dot is no suffix
+    again = load_run(tmp_path / "runs" / "bitro_lr0.001_s0", settings)
     assert again is not None and np.array_equal(again.prediction, result.prediction)
+    other = settings | {"training": settings["training"] | {"lr": 1e-3}}
+    assert load_run(tmp_path / "runs" / "bitro_lr0.001_s0", other) is None  # made with other settings
     assert load_run(tmp_path / "runs" / "missing") is None
-    for model in ("training_mean", "hest_probe", "oracle", "cell_count", "mlp"):
+    for model in ("training_mean", "hest_probe", "oracle", "cell_count", "mlp", "mlp_count"):
         baseline = run_baseline(spec, fold, model, 0, {"epochs": 3})
         assert baseline.prediction.shape == y.shape and np.isfinite(baseline.validation_mse), model
     null = run_bitro(spec, fold, "permutation_null", 0, settings, tmp_path / "null")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -368,7 +369,11 @@ def test_config_round_trip_and_defaults() -> None:
     )
     assert (config.position_bin_um, config.position_range_um, config.position_dim) == (2.0, 64, 16)
     assert config.output == "identity"
+    assert (config.readout, config.density_input, config.pooling) == ("per_gene", True, "gene_query")
     assert BiTroConfig.from_dict(config.to_dict()) == config
+    # A model.json written before the readout options existed describes eq. 9's model.
+    old = {k: v for k, v in config.to_dict().items() if k not in ("readout", "density_input")}
+    assert BiTroConfig.from_dict(old) == replace(config, readout="shared", density_input=False)
     with pytest.raises(ValueError, match="unknown"):
         BiTroConfig.from_dict({**config.to_dict(), "heads": 3})
     model = BiTro(config)
@@ -413,7 +418,9 @@ def test_per_gene_readout_by_hand() -> None:
     z = attention.t() @ h  # (G, D)
     r = mil.readout
     hidden = F.relu(F.layer_norm(z, (4,), r.norm.weight, r.norm.bias) @ r.fc1.weight.t() + r.fc1.bias)
-    torch.testing.assert_close(prediction[0], (hidden * mil.gene_weights).sum(1) + mil.gene_bias)
+    weights, bias = mil.readout.gene_weights, mil.readout.gene_bias
+    torch.testing.assert_close(prediction[0], (hidden * weights).sum(1) + bias)
+    assert mil.readout.fc2 is None
 
 
 def test_density_input_reads_cells_per_unit_not_bag_size() -> None:
@@ -443,11 +450,14 @@ def test_mean_pooling_ablation_attends_uniformly(bags: list[Bag]) -> None:
     torch.testing.assert_close(out.attention, (1.0 / sizes.float())[batch.cell_bag][:, None].expand(-1, 6))
     assert out.prediction[0].unique().numel() == 6  # one head per gene
     with pytest.raises(ValueError, match="pooling"):
-        small_config(pooling="max") and BiTro(small_config(pooling="max"))
+        BiTro(small_config(pooling="max"))
+    with pytest.raises(ValueError, match="per_gene"):
+        BiTro(small_config(pooling="mean", readout="shared"))
 
 
 @pytest.mark.parametrize(
-    "options", [{"readout": "per_gene"}, {"readout": "per_gene", "density_input": True}, {"pooling": "mean"}]
+    "options",
+    [{"readout": "shared", "density_input": False}, {"density_input": False}, {}, {"pooling": "mean"}],
 )
 def test_options_round_trip_and_reach_every_parameter(bags: list[Bag], options: dict) -> None:
     config = small_config(dropout=0.0, **options)
@@ -458,7 +468,7 @@ def test_options_round_trip_and_reach_every_parameter(bags: list[Bag], options: 
     out.prediction.square().sum().backward()
     unused = {"mil.queries"} if options.get("pooling") == "mean" else set()
     for name, param in model.named_parameters():
-        if name not in unused and not name.startswith("mil.readout.fc2"):
+        if name not in unused:
             assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from bitro.accuracy.runs import (
     DETERMINISTIC,
+    MLP_MODELS,
     VARIANTS,
     CohortSpec,
     RunResult,
@@ -63,16 +64,17 @@ def _worker_init() -> None:
 def execute(job: Job) -> tuple[Job, float]:
     """Run ``job`` unless its result is cached; returns it with the seconds it took."""
     started = time.perf_counter()
-    if load_run(job.path) is None:
+    if load_run(job.path, job.settings) is None:
         fold = folds(job.spec)[job.fold]
         result: RunResult
         if job.model in VARIANTS:
             work = job.path.parent / f".{job.path.name}.work"
             result = run_bitro(job.spec, fold, job.model, job.seed, job.settings, work)
-            save_run(result, job.path)
+            save_run(result, job.path, job.settings)
             shutil.rmtree(work, ignore_errors=True)
         else:
-            save_run(run_baseline(job.spec, fold, job.model, job.seed, job.settings), job.path)
+            baseline = run_baseline(job.spec, fold, job.model, job.seed, job.settings)
+            save_run(baseline, job.path, job.settings)
     return job, time.perf_counter() - started
 
 
@@ -84,7 +86,7 @@ def _log_done(i: int, n: int, job: Job, seconds: float) -> None:
 
 def run_jobs(jobs: Iterable[Job], workers: int) -> None:
     """Execute ``jobs`` on ``workers`` processes (in this process when 0), logging progress."""
-    pending = [j for j in jobs if load_run(j.path) is None]
+    pending = [j for j in jobs if load_run(j.path, j.settings) is None]
     if not pending:
         return
     log.info("%d runs to do", len(pending))
@@ -125,12 +127,14 @@ def bitro_settings(config: dict[str, Any], level: str, lr: float, dropout: float
 
 
 def tune(config: dict[str, Any], spec: CohortSpec, out: Path, workers: int) -> dict[str, dict[str, float]]:
-    """The grid for BiTro and the MLP on the tuning fold; the setting of lowest validation MSE of each."""
+    """The grid for BiTro and the MLP on the tuning fold of ``spec``'s cohort; the setting of lowest
+    validation MSE of each (``out/tuning.json`` keeps every cohort's grid and choice)."""
     grid = config["tuning"]
     fold, seed = int(grid.get("fold", 0)), int(grid.get("seed", 0))
+    prefix = "" if spec.level == "st" else f"{spec.level}_"
     jobs = []
     for lr, dropout in product(grid["lr"], grid["dropout"]):
-        tag = f"lr{lr:g}_do{dropout:g}"
+        tag = f"{prefix}lr{lr:g}_do{dropout:g}"
         jobs.append(
             Job(
                 spec,
@@ -146,7 +150,7 @@ def tune(config: dict[str, Any], spec: CohortSpec, out: Path, workers: int) -> d
     run_jobs(jobs, workers)
     rows, best = [], {}
     for job in jobs:
-        result = load_run(job.path)
+        result = load_run(job.path, job.settings)
         assert result is not None
         lr = job.settings["training"]["lr"] if job.model == "bitro" else job.settings["lr"]
         dropout = job.settings["model"]["dropout"] if job.model == "bitro" else job.settings["dropout"]
@@ -155,12 +159,17 @@ def tune(config: dict[str, Any], spec: CohortSpec, out: Path, workers: int) -> d
         )
         if job.model not in best or result.validation_mse < best[job.model]["validation_mse"]:
             best[job.model] = rows[-1]
-    (out / "tuning.json").write_text(json.dumps({"grid": rows, "chosen": best}, indent=1))
+    record = json.loads((out / "tuning.json").read_text()) if (out / "tuning.json").is_file() else {}
+    record[spec.level] = {"grid": rows, "chosen": best}
+    (out / "tuning.json").write_text(json.dumps(record, indent=1))
     return best
 
 
-def benchmark_jobs(config: dict[str, Any], out: Path, chosen: dict[str, dict[str, float]]) -> list[Job]:
-    """Every model × fold × seed of the config, with the tuned settings: each model's runs on both
+def benchmark_jobs(
+    config: dict[str, Any], out: Path, chosen_by_level: dict[str, dict[str, dict[str, float]]]
+) -> list[Job]:
+    """Every model × fold × seed of the config, with each cohort's tuned settings (a cohort not tuned
+    on its own takes the ST cohort's): each model's runs on both
     cohorts before the next model's, in the order the config lists them, so that a benchmark cut short
     has the first models complete."""
     seeds = [int(s) for s in config["seeds"]]
@@ -168,12 +177,13 @@ def benchmark_jobs(config: dict[str, Any], out: Path, chosen: dict[str, dict[str
     for level, options in config["cohorts"].items():
         spec = cohort_spec(level, options, int(config.get("seed", 0)))
         n_folds = len(folds(spec))
+        chosen = chosen_by_level.get(level, chosen_by_level["st"])
         bitro = bitro_settings(config, level, chosen["bitro"]["lr"], chosen["bitro"]["dropout"])
         mlp = dict(config.get("mlp", {})) | {"lr": chosen["mlp"]["lr"], "dropout": chosen["mlp"]["dropout"]}
         fewer = config.get("seeds_of" if level == "st" else f"seeds_of_{level}", {})
         for model in config["models"][level]:
             model_seeds = seeds[:1] if model in DETERMINISTIC else seeds[: int(fewer.get(model, len(seeds)))]
-            settings = bitro if model in VARIANTS else mlp if model == "mlp" else {}
+            settings = bitro if model in VARIANTS else mlp if model in MLP_MODELS else {}
             for fold, seed in product(range(n_folds), model_seeds):
                 jobs.append(
                     Job(
@@ -203,12 +213,17 @@ def run_benchmark(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    st = cohort_spec("st", config["cohorts"]["st"], int(config.get("seed", 0)))
+    levels = config["tuning"].get("cohorts", ["st"])
     if report_only:
-        chosen = json.loads((out / "tuning.json").read_text())["chosen"]
+        chosen = {
+            level: record["chosen"] for level, record in json.loads((out / "tuning.json").read_text()).items()
+        }
     else:
-        chosen = tune(config, st, out, workers)
-        log.info("tuned on validation: %s", json.dumps(chosen))
+        chosen = {}
+        for level in levels:
+            spec = cohort_spec(level, config["cohorts"][level], int(config.get("seed", 0)))
+            chosen[level] = tune(config, spec, out, workers)
+            log.info("%s tuned on validation: %s", level, json.dumps(chosen[level]))
     jobs = benchmark_jobs(config, out, chosen)
     if not report_only:
         run_jobs(jobs, workers)

@@ -34,7 +34,13 @@ if TYPE_CHECKING:
     from bitro.accuracy.bench import Job
 
 #: Pairs whose paired difference the report gives (first − second), where both were run.
-PAIRS = (("bitro", "mlp"), ("bitro", "hest_probe"), ("bitro", "paper_readout"), ("bitro", "training_mean"))
+PAIRS = (
+    ("bitro", "mlp"),
+    ("bitro", "mlp_count"),
+    ("bitro", "hest_probe"),
+    ("bitro", "paper_readout"),
+    ("bitro", "training_mean"),
+)
 
 
 def _collect(
@@ -51,7 +57,7 @@ def _collect(
     )
     infos = []
     for job in level_jobs:
-        result = load_run(job.path)
+        result = load_run(job.path, job.settings)
         if result is None:
             continue
         by_model[job.model][job.seed][job.fold] = result.prediction
@@ -155,14 +161,13 @@ def write_report(config: dict[str, Any], jobs: Sequence[Job], out: Path, *, seco
                     [normalised_log1p(p) for p in a],
                     [normalised_log1p(p) for p in b],
                 )
-            pooled = np.zeros(len(y)) if level == "bulk" else groups
+            pooled_groups = np.zeros(len(y)) if level == "bulk" else groups
             # A constant predictor has no PCC gene: against the training mean only RMSE is compared.
             for space, (t, pa, pb) in spaces.items() if second != "training_mean" else ():
-                for effect, mask in masks.items():
-                    if level == "bulk":
-                        point, low, high = _paired_pooled(t, pa, pb, mask, n_boot)
-                    else:
-                        point, low, high = paired_difference(t, pa, pb, pooled, mask, n_boot=n_boot)
+                differences = paired_difference(
+                    t, pa, pb, pooled_groups, masks, n_boot=n_boot, pooled=level == "bulk"
+                )
+                for effect, (point, low, high) in differences.items():
                     paired_rows.append(
                         {
                             "level": level,
@@ -231,21 +236,6 @@ def write_report(config: dict[str, Any], jobs: Sequence[Job], out: Path, *, seco
     return {"summary": summary, "paired": paired, "diagnostics": diagnostics}
 
 
-def _paired_pooled(
-    t: np.ndarray, a: list[np.ndarray], b: list[np.ndarray], mask: np.ndarray, n_boot: int
-) -> tuple[float, float, float]:
-    """Bulk: PCC gene across patients (pooled) of ``a`` minus ``b``, resampling patients."""
-
-    def score(rows: np.ndarray) -> float:
-        first = np.mean([np.nanmean(pcc_columns(t[rows], p[rows])[mask]) for p in a])
-        second = np.mean([np.nanmean(pcc_columns(t[rows], p[rows])[mask]) for p in b])
-        return float(first - second)
-
-    draws = [score(r) for r in bootstrap_rows(np.zeros(len(t)), n_boot, 0)]
-    low, high = np.nanpercentile(draws, [2.5, 97.5])
-    return score(np.arange(len(t))), float(low), float(high)
-
-
 def _wide(summary: pd.DataFrame, level: str, metric: str, space: str) -> pd.DataFrame:
     part = summary[(summary.level == level) & (summary.metric == metric) & (summary.space == space)]
     if part.empty:
@@ -278,7 +268,7 @@ def _report_markdown(
                     _markdown(wide),
                     "",
                 ]
-        part = paired[paired.level == level]
+        part = paired[paired.level == level] if not paired.empty else paired
         if not part.empty:
             shown = part.assign(
                 interval=part.apply(

@@ -48,6 +48,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "no_zscore": {"zscore": False},
     "permutation_null": {"permute": True},
 }
+#: Baselines that take the MLP's tuned settings.
+MLP_MODELS = ("mlp", "mlp_count")
 #: Models that need no training seed (one run per fold).
 DETERMINISTIC = ("training_mean", "hest_probe", "oracle", "cell_count")
 
@@ -151,12 +153,15 @@ def run_baseline(
     """A baseline fitted on the fold's training units (validation units for the MLP's early stopping).
 
     ``training_mean``, ``hest_probe`` (PCA 256 + Ridge), ``mlp`` (``options``: lr, dropout, epochs),
-    ``oracle`` (Ridge on the true composition) and ``cell_count`` (Ridge on the unit's number of cells
-    and its logarithm: the density floor).
+    ``mlp_count`` (the same MLP, with the unit's log cell count as one more input, as BiTro's density
+    input gives it), ``oracle`` (Ridge on the true composition) and ``cell_count`` (Ridge on the unit's
+    number of cells and its logarithm: the density floor).
     """
     train = _unit_table(spec, fold.train)
     validation = _unit_table(spec, fold.validation)
     test = _unit_table(spec, fold.test)
+    for table in (train, validation, test):
+        table["embedding_count"] = np.column_stack([table["embedding"], np.log(table["n_cells"])])
     if model == "training_mean":
         estimator: Any = TrainingMean()
         x = "embedding"
@@ -164,7 +169,7 @@ def run_baseline(
         estimator, x = HestProbe(seed=seed), "embedding"
     elif model == "oracle":
         estimator, x = OracleComposition(), "composition"
-    elif model == "mlp":
+    elif model in ("mlp", "mlp_count"):
         estimator = MLPBaseline(
             seed=seed,
             lr=float(options.get("lr", 1e-3)),
@@ -172,7 +177,7 @@ def run_baseline(
             max_epochs=int(options.get("epochs", 100)),
             patience=int(options.get("patience", 10)),
         )
-        x = "embedding"
+        x = "embedding" if model == "mlp" else "embedding_count"
     elif model == "cell_count":
         features = {
             role: np.column_stack([t["n_cells"], np.log(t["n_cells"])])
@@ -185,7 +190,7 @@ def run_baseline(
         )
     else:
         raise ValueError(f"unknown baseline {model!r}")
-    if model == "mlp":  # early stopping on the fold's own validation units, as BiTro's
+    if model in ("mlp", "mlp_count"):  # early stopping on the fold's own validation units, as BiTro's
         estimator.fit(train[x], train["y"], validation=(validation[x], validation["y"]))
     else:
         estimator.fit(train[x], train["y"])
@@ -345,22 +350,29 @@ def _beside(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
 
-def save_run(result: RunResult, path: Path) -> None:
-    """``path``.npy (prediction) and ``path``.json (validation MSE and info), each written atomically."""
+def _plain(settings: dict[str, Any] | None) -> Any:
+    return json.loads(json.dumps(settings or {}, sort_keys=True))
+
+
+def save_run(result: RunResult, path: Path, settings: dict[str, Any] | None = None) -> None:
+    """``path``.npy (prediction) and ``path``.json (validation MSE, info and the run's settings), each
+    written atomically (the JSON last, so a run counts as finished only once both are there)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(_beside(path, ".npy")) as tmp, tmp.open("wb") as handle:
         np.save(handle, result.prediction)
+    record = {"validation_mse": result.validation_mse, "settings": _plain(settings), "info": result.info}
     with atomic_path(_beside(path, ".json")) as tmp:
-        Path(tmp).write_text(
-            json.dumps({"validation_mse": result.validation_mse, "info": result.info}, default=float)
-        )
+        Path(tmp).write_text(json.dumps(record, default=float))
 
 
-def load_run(path: Path) -> RunResult | None:
-    """A cached run, or None when it has not finished."""
+def load_run(path: Path, settings: dict[str, Any] | None = None) -> RunResult | None:
+    """A cached run made with ``settings``, or None when there is none (not finished, or made with other
+    settings, e.g. before a cohort was tuned anew)."""
     array, meta = _beside(path, ".npy"), _beside(path, ".json")
     if not (array.is_file() and meta.is_file()):
         return None
     record = json.loads(meta.read_text())
+    if record.get("settings", {}) != _plain(settings):
+        return None
     prediction = np.load(array)
     return RunResult(prediction, float(record["validation_mse"]), record["info"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,22 +56,40 @@ def paired_difference(
     first: Sequence[np.ndarray],
     second: Sequence[np.ndarray],
     groups: np.ndarray,
-    genes: np.ndarray,
+    genes: np.ndarray | dict[str, np.ndarray],
     *,
     n_boot: int = 1000,
     seed: int = 0,
-) -> tuple[float, float, float]:
+    pooled: bool = False,
+) -> Any:
     """Mean PCC gene (over ``genes``, a boolean mask) of ``first`` minus ``second`` and its bootstrap 95 %
     interval, resampling rows within groups; each side is a list of seeds' predictions, averaged per
-    resample (the seeds' mean score, not the score of their mean prediction)."""
+    resample (the seeds' mean score, not the score of their mean prediction). ``pooled``: one PCC over
+    all rows (bulk slides) instead of one per group. ``genes`` may be a dict of masks: then a dict of
+    ``(difference, low, high)`` per mask, from the same resamples."""
+    masks = genes if isinstance(genes, dict) else {"": genes}
 
-    def score(rows: np.ndarray) -> float:
-        g = groups[rows]
-        a = np.mean([np.nanmean(pcc_gene_by_sample(truth[rows], p[rows], g)[genes]) for p in first])
-        b = np.mean([np.nanmean(pcc_gene_by_sample(truth[rows], p[rows], g)[genes]) for p in second])
-        return float(a - b)
+    def per_gene(rows: np.ndarray, p: np.ndarray) -> np.ndarray:
+        if pooled:
+            return pcc_columns(truth[rows], p[rows])
+        return pcc_gene_by_sample(truth[rows], p[rows], groups[rows])
 
-    point = score(np.arange(len(truth)))
-    draws = np.array([score(rows) for rows in bootstrap_rows(groups, n_boot, seed)])
-    low, high = np.nanpercentile(draws, [2.5, 97.5])
-    return point, float(low), float(high)
+    def scores(rows: np.ndarray) -> np.ndarray:
+        a = [per_gene(rows, p) for p in first]
+        b = [per_gene(rows, p) for p in second]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.array(
+                [
+                    np.mean([np.nanmean(x[m]) for x in a]) - np.mean([np.nanmean(x[m]) for x in b])
+                    for m in masks.values()
+                ]
+            )
+
+    point = scores(np.arange(len(truth)))
+    draws = np.array([scores(rows) for rows in bootstrap_rows(groups, n_boot, seed)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(draws, [2.5, 97.5], axis=0)
+    out = {name: (float(point[i]), float(low[i]), float(high[i])) for i, name in enumerate(masks)}
+    return out if isinstance(genes, dict) else out[""]

@@ -26,11 +26,11 @@ from torch import Tensor, nn
 
 OutputActivation = Literal["identity", "softplus"]
 #: ``gene_query``: the paper's attention MIL; ``mean``: the ablation that replaces it by the mean of the
-#: bag's cells read out by one head per gene (uniform attention, so pseudo-cells still split the bag).
+#: bag's cells (uniform attention, so pseudo-cells still split the bag), read out per gene.
 Pooling = Literal["gene_query", "mean"]
 #: ``shared``: eq. 9, one readout for every gene, so a gene's identity reaches its prediction only
-#: through its attention weights; ``per_gene``: the same hidden layer, then each gene its own output
-#: weights and bias (docs/methods.md says why).
+#: through its attention weights; ``per_gene`` (:class:`bitro.model.bitro.BiTroConfig`'s default): the
+#: same hidden layer, then each gene its own output weights and bias (docs/methods.md says why).
 ReadoutKind = Literal["shared", "per_gene"]
 
 
@@ -63,7 +63,10 @@ def segment_softmax(logits: Tensor, segment: Tensor, n_segments: int) -> Tensor:
 
 
 class Readout(nn.Module):
-    """Shared per-gene readout LN → Linear(D, D) → ReLU → Linear(D, 1) → identity | Softplus (eq. 9).
+    """Readout LN → Linear(D, D) → ReLU → output layer → identity | Softplus (eq. 9).
+
+    The output layer is Linear(D, 1) shared by every gene (eq. 9) or, with ``n_genes``, each gene's own
+    weights w_g and bias b_g (``per_gene``, :data:`ReadoutKind`).
 
     Parameters
     ----------
@@ -71,20 +74,29 @@ class Readout(nn.Module):
         Width D of the gene representations.
     output
         ``"identity"`` for z-scored targets, ``"softplus"`` for non-negative targets.
+    n_genes
+        Give each of this many genes its own output weights (None: eq. 9's shared layer).
     """
 
-    def __init__(self, dim: int, output: OutputActivation) -> None:
+    def __init__(self, dim: int, output: OutputActivation, n_genes: int | None = None) -> None:
         super().__init__()
         if output not in ("identity", "softplus"):
             raise ValueError(f"output must be 'identity' or 'softplus', got {output!r}")
         self.output = output
         self.norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, dim)
-        self.fc2 = nn.Linear(dim, 1)
+        self.fc2 = nn.Linear(dim, 1) if n_genes is None else None
+        per_gene = n_genes is not None
+        self.gene_weights = nn.Parameter(torch.randn(n_genes, dim) / math.sqrt(dim)) if per_gene else None
+        self.gene_bias = nn.Parameter(torch.zeros(n_genes)) if per_gene else None
 
     def forward(self, z: Tensor) -> Tensor:
         """(..., G, D) gene representations → (..., G) predictions."""
-        y = self.fc2(F.relu(self.fc1(self.norm(z)))).squeeze(-1)
+        hidden = F.relu(self.fc1(self.norm(z)))
+        if self.fc2 is not None:
+            y = self.fc2(hidden).squeeze(-1)
+        else:
+            y = (hidden * self.gene_weights).sum(-1) + self.gene_bias
         return F.softplus(y) if self.output == "softplus" else y
 
 
@@ -126,24 +138,22 @@ class GeneQueryMIL(nn.Module):
         if readout not in ("shared", "per_gene"):
             raise ValueError(f"readout must be 'shared' or 'per_gene', got {readout!r}")
         self.pooling = pooling
+        if pooling == "mean" and readout == "shared":
+            raise ValueError(
+                "mean pooling needs the per_gene readout: a shared one predicts every gene alike"
+            )
         self.queries = nn.Parameter(torch.randn(n_genes, dim) / math.sqrt(dim))
-        self.readout = Readout(dim, output)
-        self.gene_weights = (
-            nn.Parameter(torch.randn(n_genes, dim) / math.sqrt(dim)) if readout == "per_gene" else None
-        )
-        self.gene_bias = nn.Parameter(torch.zeros(n_genes)) if readout == "per_gene" else None
+        self.readout = Readout(dim, output, n_genes if readout == "per_gene" else None)
         self.density = nn.Parameter(torch.zeros(dim)) if density_input else None
-        # The mean ablation gives every gene the same pooled vector: gene identity needs its own head.
-        self.gene_head = nn.Linear(dim, n_genes) if pooling == "mean" else None
 
     def logits(self, h: Tensor) -> Tensor:
         """(N, D) cell features → (N, G) scores Q·h_i / √D (eq. 7 before the softmax); zeros for mean."""
-        if self.gene_head is not None:
+        if self.pooling == "mean":
             return h.new_zeros(h.shape[0], self.queries.shape[0])
         return h @ self.queries.t() / math.sqrt(self.queries.shape[1])
 
     def read(self, z: Tensor, density: Tensor | None = None) -> Tensor:
-        """(..., G, D) pooled gene representations → (..., G) predictions (eq. 9, or the mean head).
+        """(..., G, D) pooled gene representations → (..., G) predictions (eq. 9 or per-gene weights).
 
         ``density`` (...,) is the bag's cells per unit, used when the model has ``density_input``.
         """
@@ -151,15 +161,7 @@ class GeneQueryMIL(nn.Module):
             if density is None:
                 raise ValueError("this model reads the bag's cells per unit: pass density")
             z = z + density.to(z.dtype).log()[..., None, None] * self.density
-        if self.gene_head is not None:
-            # Uniform attention: every gene's row of z is the bag's mean cell.
-            y = self.gene_head(F.relu(self.readout.fc1(self.readout.norm(z[..., 0, :]))))
-        elif self.gene_weights is not None:
-            hidden = F.relu(self.readout.fc1(self.readout.norm(z)))
-            y = (hidden * self.gene_weights).sum(-1) + self.gene_bias
-        else:
-            return self.readout(z)
-        return F.softplus(y) if self.readout.output == "softplus" else y
+        return self.readout(z)
 
     def forward(
         self, h: Tensor, cell_bag: Tensor, bag_sizes: list[int], density: Tensor | None = None
