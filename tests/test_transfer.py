@@ -97,16 +97,20 @@ def test_gene_intersection_is_by_name_and_queries_follow_their_gene() -> None:
         transfer_genes(["A", "A"], ["A"])
 
     pretrained = _pretrained()
-    assert per_gene_tensors(pretrained.config) == ["mil.queries"]
+    per_gene = ["mil.queries", "mil.readout.gene_bias", "mil.readout.gene_weights"]
+    assert sorted(per_gene_tensors(pretrained.config)) == per_gene
     genes = transfer_genes(SOURCE_GENES, GENES)
     assert genes == sorted(GENES)
     aligned = select_model_genes(pretrained, SOURCE_GENES, genes)
     assert aligned.config.n_genes == len(genes)
     for row, gene in enumerate(genes):
-        assert torch.equal(aligned.mil.queries[row], pretrained.mil.queries[SOURCE_GENES.index(gene)])
-    # Every weight that is not per-gene is copied unchanged (the readout is shared by all genes).
+        source = SOURCE_GENES.index(gene)
+        assert torch.equal(aligned.mil.queries[row], pretrained.mil.queries[source])
+        weights = aligned.mil.readout.gene_weights
+        assert torch.equal(weights[row], pretrained.mil.readout.gene_weights[source])
+    # Every weight that is not per-gene is copied unchanged.
     for name, tensor in aligned.state_dict().items():
-        if name != "mil.queries":
+        if name not in per_gene:
             assert torch.equal(tensor, pretrained.state_dict()[name]), name
     # The aligned model predicts, for each gene, what the pretrained model predicts for that name.
     sample = synthetic_sample(21, n_units=12)
