@@ -1,8 +1,8 @@
 """Run the accuracy benchmark from its config: tuning on validation, every model on identical folds.
 
-1. **Tuning** (ST, one fold, one seed): BiTro and the MLP each try the same grid of learning rates and
-   dropouts; each keeps the setting of lowest *validation* MSE (log1p, the fold's validation samples).
-   The test side never steers anything.
+1. **Tuning** (each cohort of ``tuning.cohorts``, its first fold, one seed): BiTro and the MLP each try
+   the same grid of learning rates and dropouts; each keeps the setting of lowest *validation* MSE
+   (log1p, the fold's validation samples). The test side never steers anything.
 2. **Runs**: every model of the config on every fold, with every seed for the trained models (one run
    for the deterministic baselines), each cached under ``out/runs/`` so that a rerun resumes.
 3. **Report** (:mod:`bitro.accuracy.report`): tables per effect and model, paired intervals, the
