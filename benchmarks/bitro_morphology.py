@@ -96,7 +96,9 @@ def main() -> None:
         if not folds.exists():
             run("folds", "--cohort", encoder, "--level", "st", "--sample-sheet", sheet, "--group-by",
                 args.group_by, "--samples-dir", samples, "--seed", 0, "--out", folds)  # fmt: skip
-        fold_names = sorted(json.loads(folds.read_text())["folds"])
+        fold_list = json.loads(folds.read_text())["folds"]
+        fold_names = [f["name"] for f in fold_list]
+        test_of = {f["name"]: f["test"] for f in fold_list}
         rows = []
         t0 = time.perf_counter()
         for fold in fold_names:
@@ -115,7 +117,6 @@ def main() -> None:
                 run("predict", "--samples-dir", samples, "--model-dir", fold_dir, "--folds", folds,
                     "--fold", fold, "--threads", args.threads, "--out-dir", fold_dir)  # fmt: skip
             metrics = pd.read_csv(fold_dir / "metrics.tsv", sep="\t")
-            metrics.insert(0, "fold", fold)
             rows.append(metrics)
         train_s = time.perf_counter() - t0
         table = pd.concat(rows, ignore_index=True)
@@ -134,7 +135,7 @@ def main() -> None:
             spots[sid] = spot_table(samples / sid, np.nan_to_num(embeddings.astype(np.float64)), cells)
         probe = []
         for fold in fold_names:
-            test = json.loads(folds.read_text())["folds"][fold]["test"]
+            test = test_of[fold]
             train = [s for s in ids if s not in test]
             x = np.concatenate([spots[s][0] for s in train])
             y = np.concatenate([spots[s][1] for s in train])
@@ -142,7 +143,33 @@ def main() -> None:
                 probe.append(per_gene_pcc(spots[held][1], ridge_probe(x, y, spots[held][0]))[0])
         report[encoder]["probe_pcc_gene"] = probe
     (args.out / "bitro_morphology.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(json.dumps(report, indent=1, default=str)[:4000])
+    print_table(report, fold_names)
+
+
+def print_table(report: dict, fold_names: list[str]) -> None:
+    """BiTro's test PCC gene and the probe's, per feature set, with the difference and ratio."""
+    rows = {}
+    for encoder in ENCODERS:
+        metrics = pd.DataFrame(report[encoder]["metrics"])
+        metrics = metrics[(metrics["scope"] == "per_sample") & (metrics["model"] == "bitro")]
+        bitro = metrics.groupby("fold", sort=False)["pcc_gene"].mean().reindex(fold_names).to_numpy()
+        rows[encoder] = (bitro, np.asarray(report[encoder]["probe_pcc_gene"]))
+    print(
+        f"\nBiTro (demo training settings, {report['max_steps']} steps at most) and the HEST probe, "
+        f"{len(fold_names)} folds ({report['group_by']} left out), test PCC gene (log1p, per sample)"
+    )
+    print("| features | BiTro PCC gene | per fold | HEST probe PCC gene | per fold |")
+    print("| --- | --- | --- | --- | --- |")
+    for encoder, (bitro, probe) in rows.items():
+        b = ", ".join(f"{v:.3f}" for v in bitro)
+        p = ", ".join(f"{v:.3f}" for v in probe)
+        print(f"| {encoder} | {bitro.mean():.3f} | {b} | {probe.mean():.3f} | {p} |")
+    (hb, hp), (mb, mp) = rows["morphology_histomicstk"], rows["morphology"]
+    print(
+        f"\nmorphology_histomicstk - morphology: BiTro {hb.mean() - mb.mean():+.3f} "
+        f"(ratio {hb.mean() / mb.mean():.2f}; HistomicsTK better on {int((hb > mb).sum())} of "
+        f"{len(hb)} folds), probe {hp.mean() - mp.mean():+.3f} (ratio {hp.mean() / mp.mean():.2f})"
+    )
 
 
 if __name__ == "__main__":
