@@ -7,21 +7,28 @@ Run with the CellViT venv's interpreter and exactly the arguments of ``cellvit-i
         --nuclei_taxonomy pannuke --gpu 0 --batch_size 2 --outdir OUT --cpu_count 4 --ray_worker 1 \\
         process_wsi --wsi_path SLIDE --wsi_mpp 0.5
 
-``cellvit-inference`` itself cannot run without a CUDA GPU (``cellvit/detect_cells.py`` and
-``cellvit/inference/inference.py``, version 1.0.9): ``SystemConfiguration(gpu=...)`` raises
-``SystemError: Requesting non existing gpu index`` when torch sees no GPU, and ``CellViTInference``
-sets ``self.device = f"cuda:{gpu_index}"`` unconditionally before moving the model there; there is no CPU
-option. This script is ``detect_cells.main`` for ``process_wsi`` with two subclasses, and no change to the
-installed package:
+``cellvit-inference`` itself cannot run without a CUDA GPU (version 1.0.9), at three places and with no
+CPU option: its argument check (``cellvit/inference/cli.py``, ``InferenceConfiguration.__set_gpu``) asserts
+``0 <= gpu < torch.cuda.device_count()`` ("AssertionError: GPU must be between 0 and -1");
+``SystemConfiguration(gpu=...)`` (``cellvit/utils/ressource_manager.py``) raises ``SystemError:
+Requesting non existing gpu index``; and ``CellViTInference`` (``cellvit/inference/inference.py``) sets
+``self.device = f"cuda:{gpu_index}"`` unconditionally before moving the model there. This script is
+``detect_cells.main`` for ``process_wsi`` with the arguments parsed and validated by the package's own
+classes except the GPU index (``parse_arguments`` below), and two subclasses; nothing in the installed
+package is changed:
 
 * ``CPUSystemConfiguration``: the package's ``SystemConfiguration`` with the GPU fields filled as "none"
   (``gpu_count 0``, ``gpu_memory 0``, so the batch size is capped at 8 as for the smallest GPU) instead of
   raising; CPUs, memory and Ray workers are computed by the package's own code;
-* ``CPUCellViTInference``: ``CellViTInference`` whose device is ``"cpu"``. Everything else — the
-  checkpoint loading, pathopatch's live patch dataset, the model's forward pass, the Ray post-processing
-  actors, the edge-cell cleaning and the writing of ``cells.json`` — is the package's code as shipped.
-  Mixed precision must be off in the checkpoint (``training.mixed_precision: false``), because the
-  package autocasts on ``device_type="cuda"`` only.
+* ``CPUCellViTInference``: ``CellViTInference`` whose device is ``"cpu"``;
+* ``RAY_GPUS_DEACTIVATION=1``, the package's own environment switch, without which each Ray
+  post-processing actor asks for 0.1 GPU and none is ever scheduled (the run waits forever).
+
+Everything else — the checkpoint loading, pathopatch's live patch dataset, the model's forward pass, the
+Ray post-processing actors, the edge-cell cleaning and the writing of ``cells.json`` — is the package's
+code as shipped.
+Mixed precision must be off in the checkpoint (``training.mixed_precision: false``), because the package
+autocasts on ``device_type="cuda"`` only.
 
 One more workaround applies only where torchvision's compiled operators cannot load (here: a CPU torch
 from a local wheel next to PyPI's CUDA-built torchvision, because the CPU wheel index is unreachable):
@@ -33,7 +40,9 @@ calling ``nms`` would still fail loudly. With a matching CPU torchvision this st
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -41,7 +50,7 @@ import torch
 def import_torchvision() -> str:
     """Import torchvision; declare its two fake-registered operators first if its ``_C`` cannot load."""
     try:
-        import torchvision  # noqa: F401
+        import torchvision
 
         return "torchvision imported as installed"
     except RuntimeError as exc:
@@ -49,18 +58,41 @@ def import_torchvision() -> str:
             raise
     for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
         del sys.modules[name]
-    library = torch.library.Library("torchvision", "DEF")  # noqa: TOR901 - kept alive below
+    library = torch.library.Library("torchvision", "DEF")
     library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     library.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
     import_torchvision.library = library  # type: ignore[attr-defined]
-    import torchvision  # noqa: F401, F811
+    import torchvision  # noqa: F401
 
     return "torchvision imported without its compiled operators (nms/qnms schemas declared)"
 
 
+def parse_arguments(parser_class: type, configuration_class: type) -> object:
+    """``InferenceWSIParser.parse_arguments`` without its GPU check.
+
+    ``InferenceConfiguration`` asserts ``0 <= gpu < torch.cuda.device_count()``, which no value passes on
+    a machine without CUDA ("GPU must be between 0 and -1"); the ``gpu`` entry is dropped before it is
+    validated (it names a CUDA device, which the CPU run does not use) and everything else is validated
+    as the package does.
+    """
+    import yaml
+
+    options = vars(parser_class().parser.parse_args())
+    if options["config"] is not None:
+        with Path(options["config"]).open() as handle:
+            config = yaml.safe_load(handle)
+    else:
+        config = parser_class()._transform_cli_to_yaml_structure(options)
+    (config.get("inference") or {}).pop("gpu", None)
+    return configuration_class(config)
+
+
 def main() -> None:
+    # The package's own switch: its Ray post-processing actors otherwise each ask for 0.1 GPU, and wait
+    # for one forever on a machine without (postprocessing_numpy.create_batch_pooling_actor).
+    os.environ["RAY_GPUS_DEACTIVATION"] = "1"
     print(import_torchvision(), flush=True)
-    from cellvit.inference.cli import InferenceWSIParser
+    from cellvit.inference.cli import InferenceConfiguration, InferenceWSIParser
     from cellvit.inference.inference import CellViTInference
     from cellvit.utils import ressource_manager
 
@@ -91,7 +123,7 @@ def main() -> None:
             if self.run_conf["training"].get("mixed_precision", False):
                 raise SystemExit("the checkpoint asks for mixed precision, which CellViT++ runs on CUDA only")
 
-    args = InferenceWSIParser().parse_arguments()
+    args = parse_arguments(InferenceWSIParser, InferenceConfiguration)
     if args["command"].lower() != "process_wsi":
         raise SystemExit("run_cpu.py runs process_wsi only")
     system = CPUSystemConfiguration(gpu=args["gpu"])
