@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import shapely
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("BITRO_CELLVIT_VENV", ROOT / ".cellvit-venv"))
@@ -89,7 +90,9 @@ def test_cellvit_runs_on_cpu_and_bitro_reads_its_cells(small_demo, tmp_path: Pat
            "--backend", "cellvit", "--segmentation", outdir, "--out", cells)  # fmt: skip
     table = read_cells(cells)
     assert len(table) > 0
-    assert np.array_equal(table["cell_id"].to_numpy(), np.arange(len(table)))
-    assert table.geometry.is_valid.all()
+    assert np.array_equal(np.sort(table["cell_id"].to_numpy()), np.arange(len(table)))  # file order
+    outlines = shapely.from_wkb(table["geometry"].to_numpy())
+    assert shapely.is_valid(outlines).all() and (shapely.area(outlines) > 0).all()
+    assert (table["area_um2"] > 0).all() and (table["source"] == "cellvit").all()
     assert set(table["class"].dropna()) <= {"Neoplastic", "Inflammatory", "Connective", "Dead", "Epithelial"}
     print(f"{len(table)} cells from CellViT++ on the CPU", file=sys.stderr)
