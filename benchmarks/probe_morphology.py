@@ -9,8 +9,8 @@ is HEST-Benchmark's (``compare_embed_modes.ridge_probe``): spot-mean features �
 (≤ 256) → Ridge on log1p counts of every gene, leave-one-slide-out; PCC gene is Pearson per gene across
 the held-out slide's spots, averaged over genes (constant genes count 0) and then over folds.
 
-Training BiTro itself on each feature set (the issue's other half) is a full cohort run; it is not done
-here.
+BiTro itself trained on each feature set (the issue's other half) is ``bitro_morphology.py``, which reuses
+the slides this script prepares and prints the probe on its folds beside BiTro's figures.
 
 Usage: ``.venv/bin/python benchmarks/probe_morphology.py [--preset small] [--seed 3] [--out DIR]``.
 """

@@ -223,6 +223,25 @@ def _sample_with(tmp_path: Path, name: str, change) -> Path:
     return path
 
 
+def test_crossing_contour_with_a_spike_keeps_its_largest_part(tmp_path):
+    """A contour that crosses itself and has a spike (CellViT++ wrote one on a demo slide) is repaired.
+
+    shapely's make_valid returns a GeometryCollection of a MultiPolygon (the two lobes) and a
+    LineString (the spike); the larger lobe is kept rather than the cell refused as degenerate.
+    """
+    contour = [[0, 0], [10, 10], [10, 0], [14, 0], [10, 0], [0, 12]]
+
+    def change(data):
+        data["cells"][0]["contour"] = contour
+
+    cells = read_cellvit_cells(_sample_with(tmp_path, "crossing.json", change))
+    assert len(cells) == 8
+    lobe = cells.geometry.iloc[0]
+    assert lobe.is_valid
+    assert lobe.area == pytest.approx(360 / 11)  # the lobe left of the crossing at x = 60/11
+    assert lobe.bounds == pytest.approx((0, 0, 60 / 11, 12))
+
+
 def test_bad_cellvit_files_name_the_file(tmp_path):
     with pytest.raises(MissingInputError, match=re.escape("absent_cells.json")):
         read_cellvit_cells(tmp_path / "absent_cells.json")

@@ -148,6 +148,13 @@ def _frame(ids: list[Any], classes: list[str | None], geoms: list[Any], path: Pa
     )
 
 
+def _flatten(geometry: Any) -> list[Any]:
+    """The simple geometries in ``geometry``, multi-part and collection members taken apart recursively."""
+    if hasattr(geometry, "geoms"):
+        return [part for member in geometry.geoms for part in _flatten(member)]
+    return [geometry]
+
+
 def _contour_polygon(contour: Any, path: Path, what: str) -> Polygon:
     """Return the polygon of a ``[[x, y], ...]`` contour (HoVer-Net / CellViT), repaired if self-touching.
 
@@ -171,8 +178,9 @@ def _contour_polygon(contour: Any, path: Path, what: str) -> Polygon:
         raise InputError(path, f"{what} has a contour with fewer than 3 points ({len(points)} given)")
     polygon = Polygon(points)
     if not polygon.is_valid:
-        repaired = shapely.make_valid(polygon)
-        parts = [g for g in getattr(repaired, "geoms", [repaired]) if g.geom_type == "Polygon"]
+        # make_valid may nest: a contour that crosses itself and has a spike becomes a
+        # GeometryCollection of a MultiPolygon and a LineString (seen in CellViT++ output).
+        parts = [g for g in _flatten(shapely.make_valid(polygon)) if g.geom_type == "Polygon"]
         polygon = max(parts, key=lambda g: g.area) if parts else Polygon()
     if polygon.is_empty or polygon.area <= 0:
         raise InputError(path, f"{what} has a degenerate contour enclosing no area")
