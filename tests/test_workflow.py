@@ -143,17 +143,7 @@ def test_a_cohort_training_block_takes_only_per_cohort_settings(tmp_path: Path) 
 
 def test_real_layout_inputs_are_the_sample_files(tmp_path: Path) -> None:
     """Without the demo, a HEST sample's rule depends on its own h5ad, slide and metadata."""
-    config = {"cohorts": {"c1": {"level": "st", "format": "hest", "root": "hest", "samples": "s.tsv"}}}
-    sheet = "sample_id\tpatient_id\tmpp\nTENX1\tP1\t0.25\nTENX2\tP2\t0.25\n"
-    write_project(tmp_path, config, {"s.tsv": sheet})
-    for sample in ("TENX1", "TENX2"):
-        for sub, name in (
-            ("st", f"{sample}.h5ad"),
-            ("wsis", f"{sample}.tif"),
-            ("metadata", f"{sample}.json"),
-        ):
-            (tmp_path / "hest" / sub).mkdir(parents=True, exist_ok=True)
-            (tmp_path / "hest" / sub / name).write_text("")
+    hest_project(tmp_path, {})
     done = snakemake(tmp_path, "--dry-run", "--printshellcmds")
     assert done.returncode == 0, done.stdout
     assert "--mpp 0.25" in done.stdout
