@@ -17,7 +17,7 @@ import pytest
 import yaml
 from scipy import sparse, stats
 
-from bitro.demo import demo_sample_ids, preset
+from bitro.demo.project import write_small_project
 from bitro.evaluate.splits import read_folds
 from bitro.features.embeddings import read_embeddings
 from bitro.features.graph import read_graph
@@ -167,41 +167,22 @@ def dense(matrix: np.ndarray | sparse.spmatrix) -> np.ndarray:
 
 
 def small_demo_project(workdir: Path) -> dict[str, list[str]]:
-    ids = demo_sample_ids(preset("small"))
-    cohorts = {}
-    for layout, level in (("hest", "st"), ("tcga", "bulk"), ("xenium", "xenium")):
-        sheet = pd.DataFrame({"sample_id": ids[layout]})
-        sheet["patient_id"] = sheet["sample_id"].str[:12] if layout == "tcga" else "P1"
-        sheet.to_csv(workdir / f"{layout}.tsv", sep="\t", index=False)
-        cohorts[f"small_{level}"] = {
-            "level": level,
-            "format": layout,
-            "root": f"results/demo_data/{layout}",
-            "samples": f"{layout}.tsv",
-            "generated_by_demo": True,
-        }
-    cohorts["small_xenium"]["segmentation"] = {"backend": "precomputed"}
-    config = {
-        "features": {"encoder": "efficientnet_lite0", "image_size": 48},
-        # The small preset's sections share one patient: leave one section out, train briefly.
-        "evaluation": {"st_group_by": "sample", "xenium_strips": 3},
-        "genes": {"n_genes": 20},
-        # Checks after every epoch, up to a budget of several epochs, leave the kill-and-resume check
-        # time to stop a run after its first.
-        "training": {
-            "max_steps": KILL_TEST_STEPS,
-            "patience_steps": KILL_TEST_STEPS,
-            "eval_every_steps": 1,
-            "lr": 0.001,
-            "batch_bags": 16,
+    return write_small_project(
+        workdir,
+        settings={
+            "features": {"encoder": "efficientnet_lite0", "image_size": 48},
+            # Checks after every epoch, up to a budget of several epochs, leave the kill-and-resume
+            # check time to stop a run after its first.
+            "training": {
+                "max_steps": KILL_TEST_STEPS,
+                "patience_steps": KILL_TEST_STEPS,
+                "eval_every_steps": 1,
+                "lr": 0.001,
+                "batch_bags": 16,
+            },
+            "baselines": {"mlp_epochs": 2},
         },
-        "baselines": {"mlp_epochs": 2},
-        "demo": {"generate": True, "outdir": "results/demo_data", "seed": 3, "preset": "small"},
-        "cohorts": cohorts,
-        "units": {"patch_size_um": 55, "min_tissue_fraction": 0.5},
-    }
-    write_project(workdir, config, {})
-    return ids
+    )
 
 
 def check_evaluation(results: Path) -> None:
