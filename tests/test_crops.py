@@ -1,4 +1,4 @@
-"""Cell crops: pixel sizes, pyramid levels, edges, stain normalisation, resume (PITFALLS 12, 13)."""
+"""Cell crops: pixel sizes, pyramid levels, edges, stain normalisation, resume (docs/pitfalls.md)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_crops_of_a_scan_and_its_downsample_match(write_slide, tmp_path: Path, d
 
 
 def test_crops_come_from_the_pyramid_level_nearest_the_target(write_slide, tmp_path: Path, demo_tile) -> None:
-    """On a 0.125 µm/px pyramid with a 4× level, 0.5 µm/px crops are read from that level (PITFALLS 12)."""
+    """On a 0.125 µm/px pyramid with a 4× level, 0.5 µm/px crops are read from that level."""
     image = np.repeat(np.repeat(demo_tile[:256, :256], 4, axis=0), 4, axis=1)
     path = write_slide(tmp_path / "pyr.tif", image, mpp=0.125, downsamples=(1, 4), compression=None)
     xy = np.array([[100.0, 100.0], [900.0, 500.0], [1020.0, 1020.0]]) * 1.0  # level-0 px

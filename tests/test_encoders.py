@@ -1,4 +1,4 @@
-"""The DINOv3 encoder on a tiny randomly initialised model of the same architecture (PITFALLS 14, 23)."""
+"""The DINOv3 encoder on a tiny randomly initialised model of the same architecture (docs/pitfalls.md)."""
 
 from __future__ import annotations
 

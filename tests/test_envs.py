@@ -1,4 +1,4 @@
-"""The conda env for --use-conda agrees with the pinned requirements the tests run on (PITFALLS 22)."""
+"""The conda env for --use-conda agrees with the pinned requirements the tests run on."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_package_dependencies_are_pinned() -> None:
 
 
 def test_cellvit_lives_in_its_own_pinned_env() -> None:
-    """CellViT++ pins numpy<2 and a CUDA torch (PITFALLS 21): its own env, never the main one."""
+    """CellViT++ pins numpy<2 and a CUDA torch: its own env, never the main one."""
     env = yaml.safe_load((ROOT / "envs" / "cellvit.yaml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     assert re.fullmatch(r"\d+\.\d+\.\d+", pins(pip_section)["cellvit"])

@@ -128,7 +128,7 @@ def test_example_config_and_sheets_are_valid(example: Path) -> None:
         )
         for record in sheet.to_dict("records"):
             jsonschema.validate({k: v for k, v in record.items() if pd.notna(v)}, sheet_schema)
-        if cohort["format"] == "tcga":  # patient = the barcode's first 12 characters (PITFALLS 2)
+        if cohort["format"] == "tcga":  # patient = the barcode's first 12 characters
             for slide, patient in zip(sheet["sample_id"], sheet["patient_id"], strict=True):
                 parts = parse_barcode(slide)
                 assert parts["slide"] is not None and parts["patient"] == patient, slide

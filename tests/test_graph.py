@@ -1,4 +1,4 @@
-"""kNN cell graphs within units, against brute force (PITFALLS 17)."""
+"""kNN cell graphs within units, against brute force (docs/pitfalls.md#knn-graphs-without-pyg-lib)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Leakage: nothing a fold fits may depend on its test samples (PITFALLS 1, 2, 3, 5)."""
+"""Leakage: nothing a fold fits may depend on its test samples (docs/pitfalls.md)."""
 
 from __future__ import annotations
 

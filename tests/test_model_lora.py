@@ -1,4 +1,4 @@
-"""LoRA with peft: explicit targets, frozen base, trainable head, adapters active in eval (PITFALLS 18)."""
+"""LoRA with peft: explicit targets, frozen base, trainable head, adapters active in eval."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-# Paper section 4 and ARCHITECTURE section 5: each fold's test samples, the baselines, cohort tables.
+# Paper section 4 and docs/methods.md: each fold's test samples, the baselines, cohort tables.
 
 
 rule predict:

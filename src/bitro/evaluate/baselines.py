@@ -1,4 +1,4 @@
-"""Baseline predictors reported next to BiTro (ARCHITECTURE §5).
+"""Baseline predictors reported next to BiTro (docs/methods.md#metrics-and-baselines).
 
 Every baseline follows one interface: ``fit(x_train, y_train, *, groups=None) -> self`` on the training
 units of a fold only, then ``predict(x_test) -> y_pred``; predictions are in the same target space as
@@ -367,7 +367,7 @@ class MLPBaseline(Baseline):
     Features and targets are standardised with statistics of the fitting part of the training units (targets
     are mapped back, so predictions are in the space of ``y_train``). Early stopping with ``patience`` on a
     validation split carved from the training units (by ``groups`` when given, so no sample straddles it),
-    restoring the best validation epoch (PITFALLS 1). Gradient norm clipped to 1.0 as in the paper
+    restoring the best validation epoch. Gradient norm clipped to 1.0 as in the paper
     (Appendix C.2). Deterministic on CPU for a given ``seed``; the global torch RNG is left untouched.
 
     Parameters

@@ -1,4 +1,4 @@
-"""Baselines on a fold, scored exactly like BiTro: ``baselines.tsv`` (paper Tables 1–3, ARCHITECTURE §5).
+"""Baselines on a fold, scored exactly like BiTro: ``baselines.tsv`` (paper Tables 1–3).
 
 Every baseline sees the unit-mean cell embedding (``embeddings.npy`` averaged over a unit's cells, or over
 a bulk slide's cells) and regresses log1p expression; it is fitted on the fold's training and validation

@@ -1,7 +1,7 @@
 """Expression metrics of the BiTro paper (§4.1, eq. 14–16), computed on units × genes arrays.
 
 Every function takes ``truth`` and ``pred`` as 2-D arrays of the same shape, one row per unit (spot, cell,
-bulk sample) and one column per gene, already aligned by gene name (PITFALLS 4).
+bulk sample) and one column per gene, already aligned by gene name.
 
 Conventions
 -----------
@@ -12,10 +12,10 @@ Conventions
 * **Undefined correlations.** A Pearson/Spearman correlation is undefined where truth or prediction is
   constant over the entries it is computed on, or where fewer than 2 entries are available. Undefined
   values are NaN, they are counted (:class:`Scores`), and means average the defined values only: read a mean
-  together with its count of undefined items (PITFALLS 10).
+  together with its count of undefined items (docs/pitfalls.md#undefined-correlations-are-counted).
 * **Space.** The metrics are computed in whatever space the arrays are in; :func:`evaluate` requires the
   caller to name it ("log1p counts", "TPM", "log1p TPM", …) and stores the label with the numbers.
-* **Pooled vs per sample** (PITFALLS 11). :func:`evaluate` computes the headline numbers either pooled over
+* **Pooled vs per sample**. :func:`evaluate` computes the headline numbers either pooled over
   all units, or per sample (``groups``) and then averaged over samples; the record says which.
 
 The Pearson and Spearman computations are vectorised over genes/units (processed in column chunks to bound
@@ -189,7 +189,7 @@ def pcc_gene(truth: ArrayLike, pred: ArrayLike) -> Scores:
     -------
     Scores
         One correlation per gene; undefined (NaN, counted) where the gene is constant in truth or in the
-        prediction over the complete units, or fewer than 2 units are complete (PITFALLS 10).
+        prediction over the complete units, or fewer than 2 units are complete.
         ``Scores.mean`` is the paper's averaged PCC gene over defined genes.
     """
     t, p = _pair(truth, pred)
@@ -265,7 +265,7 @@ def js_divergence(truth: ArrayLike, pred: ArrayLike) -> Scores:
 
     ``JS(p, q) = ½ KL(p‖m) + ½ KL(q‖m)`` with ``m = (p + q) / 2``, natural log (values in ``[0, ln 2]``),
     where ``p`` and ``q`` are the unit's true and predicted expression vectors normalised to sum to 1 over
-    genes. The paper prints ``KL(y‖ŷ)`` twice (PITFALLS 9); this is the standard definition and equals
+    genes. The paper prints ``KL(y‖ŷ)`` twice; this is the standard definition and equals
     ``scipy.spatial.distance.jensenshannon(p, q) ** 2``.
 
     Rules
@@ -492,7 +492,7 @@ def evaluate(
         Sample (or patient) label of each unit. With groups, metrics are also computed within each sample
         (``Evaluation.per_sample``).
     scope : {"pooled", "per_sample"}, optional
-        Scope of the headline metrics (PITFALLS 11). ``"pooled"``: over all units together;
+        Scope of the headline metrics (docs/pitfalls.md). ``"pooled"``: over all units together;
         ``"per_sample"``: within each sample, then the mean over samples where defined. Default:
         ``"per_sample"`` when ``groups`` is given, else ``"pooled"``.
 

@@ -1,6 +1,6 @@
 """Predict a fold's test samples and score them: ``predictions.h5ad``, ``cells_pred.h5ad``, ``metrics.tsv``.
 
-The fold's model is touched once, here, on the fold's test samples (PITFALLS 1).
+The fold's model is touched once, here, on the fold's test samples (docs/pitfalls.md).
 
 - ``predictions.h5ad``: units × genes; ``X`` = predicted counts (ST, Xenium) or TPM (bulk), i.e. the model
   output mapped back through the training statistics; ``layers["truth"]`` = the measured values;

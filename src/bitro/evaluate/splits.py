@@ -1,17 +1,17 @@
-"""Evaluation splits, written to ``results/{cohort}/folds.json`` (paper §4, ARCHITECTURE §5).
+"""Evaluation splits, written to ``results/{cohort}/folds.json`` (paper §4, docs/methods.md#splits).
 
 Every fold names its ``train``, ``validation`` and ``test`` samples. Validation is always carved from the
-samples that would otherwise train (PITFALLS 1): it drives early stopping and nothing else, and the test
+samples that would otherwise train: it drives early stopping and nothing else, and the test
 samples are touched once, at the end.
 
 - ``loo`` (ST): leave one group out, a group being a sample, or a patient when ``group_by="patient"`` so
-  sections of one patient never sit on both sides (PITFALLS 3). The validation group of fold *k* is the
+  sections of one patient never sit on both sides. The validation group of fold *k* is the
   next group after the test group in sorted order, so every group validates once. A cohort of two groups
   (HEST-1k's HCC has two sections) has no group to spare: each fold then trains on the other group and
   validates on its last strip along x (one of ``n_strips``), training on the pseudo-units wholly inside the
   other strips, so early stopping never sees the test group.
 - ``patient`` (bulk): a seeded 4:1 split of patients (TCGA: the first 12 characters of the barcode,
-  PITFALLS 2), all of a patient's slides following the patient; validation is a seeded fifth of the
+  docs/pitfalls.md), all of a patient's slides following the patient; validation is a seeded fifth of the
   training patients. That is the paper's one-pass protocol for cohorts of hundreds of patients. With
   ``n_folds`` K ≥ 2 the patients are dealt into K seeded groups instead (K-fold cross-validation; K = 5 is
   the same 4:1 ratio) and fold *k* tests group *k*, so every patient is tested exactly once: on a cohort of

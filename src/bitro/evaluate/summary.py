@@ -2,7 +2,7 @@
 
 ``results/{cohort}/metrics.tsv`` holds BiTro's rows and ``baselines.tsv`` the baselines' rows, each with a
 ``fold`` column whose rows per group are the folds, then ``mean`` and ``std`` (ddof = 1), and the ``space``
-and ``scope`` of every number (PITFALLS 11).
+and ``scope`` of every number (docs/pitfalls.md#per-sample-or-pooled-said-every-time).
 
 A bulk cohort cross-validated over patients (``evaluation.bulk_folds`` ≥ 2) tests every slide once, so its
 test predictions together form one out-of-fold prediction of the whole cohort. Its tables then end each

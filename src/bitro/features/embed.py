@@ -6,7 +6,7 @@ encoder runs on the previous chunk, so reading overlaps compute. Embeddings go i
 first unfinished chunk, and the file is renamed to ``embeddings.npy`` only when every chunk is in.
 
 ``embeddings.json`` records the encoder name, the sha256 of its weights, the mode, crop size and µm/px,
-the model input size, pooling and the cell count (ARCHITECTURE §3, PITFALLS 14).
+the model input size, pooling and the cell count (docs/formats.md).
 """
 
 from __future__ import annotations

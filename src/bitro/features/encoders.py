@@ -9,9 +9,9 @@
 
 ``dinov3_vitl16`` is the paper's encoder: ``transformers.DINOv3ViTModel`` loaded from a local directory
 (``config.json`` + ``model.safetensors``) and nothing else (no hub, no download). Loading is strict: a
-missing, unexpected or wrongly shaped weight is an error naming the file (PITFALLS 14), never a silently
+missing, unexpected or wrongly shaped weight is an error naming the file, never a silently
 re-initialised layer. Preprocessing is done here, without the transformers image processors (they pull
-torchvision, PITFALLS 16): resize to the model's input size with antialiasing, scale to [0, 1], ImageNet
+torchvision): resize to the model's input size with antialiasing, scale to [0, 1], ImageNet
 mean and standard deviation. Pooling is the mean of the patch tokens (the paper's global average
 pooling; register tokens excluded) or the CLS token.
 """

@@ -1,6 +1,6 @@
 """Cell graphs: k nearest neighbours within each unit, by Euclidean distance in µm (paper §3.3).
 
-``graph.npz`` (ARCHITECTURE §3) stores one graph per unit in CSR form:
+``graph.npz`` (docs/formats.md) stores one graph per unit in CSR form:
 
 - ``unit_ids`` (n_units,) int64: the units that hold cells, ascending;
 - ``cell_index`` (n_cells_in_units,) int32: rows of ``cells.parquet``, grouped by unit (ascending rows
@@ -15,7 +15,7 @@ target, PyTorch Geometric's default), so every target has exactly k incoming edg
 fewer connects all of them. Self-loops are not stored by default, because ``GATConv`` adds them itself
 (``add_self_loops=True``); pass ``self_loops=True`` to store them for a layer that does not.
 
-Neighbours come from one ``scipy.spatial.cKDTree`` query over all cells (PITFALLS 17: no pyg-lib), with
+Neighbours come from one ``scipy.spatial.cKDTree`` query over all cells (no pyg-lib), with
 the unit as a third coordinate far larger than any slide, so no query can cross units.
 """
 

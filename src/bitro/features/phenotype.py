@@ -1,6 +1,6 @@
 """Cell phenotypes: K-means on cell features, fitted on the training samples of a fold (Appendix C).
 
-The centroids of a fold depend on its training samples only (PITFALLS 5): the fit takes the training
+The centroids of a fold depend on its training samples only: the fit takes the training
 samples' features and nothing else, and every cell (training, validation or test) is then labelled by
 its nearest centroid. Above ``minibatch_above`` cells the fit is scikit-learn's ``MiniBatchKMeans``;
 below, ``KMeans`` with several restarts.

@@ -1,7 +1,7 @@
 """PCA of cell embeddings to 128 dimensions (paper §3.2), per sample or with one basis per fold.
 
 - ``sample`` scope (the paper's): each sample gets its own PCA, so feature axes differ between samples.
-- ``cohort`` scope: one basis fitted on the training samples of a fold (PITFALLS 5), applied to every
+- ``cohort`` scope: one basis fitted on the training samples of a fold, applied to every
   sample of that fold, so all samples share one feature space.
 
 Large inputs use randomised SVD (Halko et al.), which scikit-learn's ``PCA`` selects with

@@ -1,8 +1,8 @@
 """Target normalisation: log1p, then a z-score per gene with the training split's statistics (eq. 21).
 
 ``y~ = (log1p(y) − μ) / (σ + ε)`` where μ and σ (population standard deviation) come from the training
-units of the fold only (PITFALLS 5). The inverse, ``expm1(y~ · (σ + ε) + μ)``, recovers counts or TPM
-exactly, which is the space pseudo-cell profiles live in (PITFALLS 8). ``zscore=False`` is the paper's
+units of the fold only. The inverse, ``expm1(y~ · (σ + ε) + μ)``, recovers counts or TPM
+exactly, which is the space pseudo-cell profiles live in. ``zscore=False`` is the paper's
 "w/o Norm." ablation: targets are log1p values only (non-negative, so a Softplus output fits them).
 """
 

@@ -12,7 +12,7 @@ The paper leaves K open. Users ask for a number of genes, so :func:`select_genes
 uses the smallest K whose intersection holds at least that many, keeping the ``n_genes`` genes with the
 best worse-of-both ranks (or takes ``top_k`` as given). Bulk cohorts have one profile per slide, so
 stage 1 runs once over all slides of the cohort instead of per sample. Genes are always handled by name
-(PITFALLS 4); only genes measured in every sample are candidates.
+(docs/pitfalls.md#genes-and-units-matched-by-name); only genes measured in every sample are candidates.
 
 Selection uses every sample's expression, as the paper does (eq. 20 "across the entire cohort"), which
 lets test samples influence *which* genes are scored but never a fitted value. Users who want none of it
@@ -157,7 +157,7 @@ def write_gene_list(genes: Sequence[str], path: str | Path) -> None:
 
 
 def align_genes(adata: ad.AnnData, genes: Sequence[str], *, source: str | Path) -> ad.AnnData:
-    """``adata`` with its columns in the order of ``genes``, matched by name (PITFALLS 4).
+    """``adata`` with its columns in the order of ``genes``, matched by name.
 
     Raises :class:`InputError` naming ``source`` when a gene is missing or a name is duplicated.
     """

@@ -1,4 +1,4 @@
-"""Packed cells of several bags: the model's input (ARCHITECTURE §4).
+"""Packed cells of several bags: the model's input (docs/methods.md).
 
 A *bag* is what one target vector describes: a spot (ST, one unit), a Xenium pseudo-spot (one unit) or a
 slide (bulk, many units: its spot-sized patches). A *unit* is a spatial neighbourhood: its cells share a kNN

@@ -42,7 +42,7 @@ class BiTroConfig:
         Position tables: bin width and clipping range of cell offsets from the unit centre (µm), and the
         width of each of the x and y tables.
     output
-        ``"identity"`` for z-scored log1p targets (the default, PITFALLS 6); ``"softplus"`` only when the
+        ``"identity"`` for z-scored log1p targets (the default); ``"softplus"`` only when the
         targets are non-negative.
     pooling
         ``"gene_query"`` (the paper's MIL) or ``"mean"`` (the ablation; :data:`bitro.model.mil.Pooling`).

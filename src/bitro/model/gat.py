@@ -15,7 +15,7 @@ ST cohort (fold 0, cohort-scope features) the paper's form reached a validation 
 underfitted its training spots, the same model with residual GAT layers 0.71 (see
 ``BiTroConfig.gat_residual``).
 
-LoRA (PITFALLS 18) can target ``input_proj`` and each layer's ``proj`` (``nn.Linear``); the per-head
+LoRA can target ``input_proj`` and each layer's ``proj`` (``nn.Linear``); the per-head
 weights W live in PyG's own ``Linear`` inside ``GATConv``, which peft does not adapt, so they stay frozen
 under LoRA.
 """

@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of a pretrained BiTro with peft (paper §3.5; PITFALLS 18).
+"""LoRA fine-tuning of a pretrained BiTro with peft (paper §3.5).
 
 LoRA goes on the parameter-heavy linears the paper names — the feature projections, the self-attention
 projections and the feed-forward layers — listed by their exact module names (never ``"all-linear"``):
@@ -13,7 +13,7 @@ stays fully trainable, because a new cohort brings new genes and a new target sc
 
 :func:`save_lora` writes only the trainable tensors (adapters + head) as safetensors, with the LoRA
 settings in the metadata; :func:`load_lora` re-applies LoRA to a freshly built base model and loads them,
-failing on any missing, unexpected or mis-shaped tensor (PITFALLS 14).
+failing on any missing, unexpected or mis-shaped tensor (docs/pitfalls.md#weights-that-do-not-fit-fail).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ count, so by default (``genes="mean"``) both terms are divided by G: the loss is
 balance between the two terms does not change with the gene panel. ``genes="sum"`` gives eq. 11–12 as
 printed; use it consistently for both terms.
 
-Cluster loss (eq. 12) on pseudo-cell profiles in count space (PITFALLS 8)::
+Cluster loss (eq. 12) on pseudo-cell profiles in count space (docs/pitfalls.md)::
 
     L_cluster = Σ_k 1/|S_k| Σ_{i ∈ S_k} ‖ŷ_i − ȳ_k‖²
 
@@ -140,7 +140,7 @@ def bitro_loss(
     if lam < 0:
         raise ValueError(f"lam must be non-negative, got {lam}")
     if to_counts is None:
-        raise ValueError("the cluster loss needs to_counts: pseudo-cells live in count space (PITFALLS 8)")
+        raise ValueError("the cluster loss needs to_counts: pseudo-cells live in count space")
     cells = pseudo_cells(output.attention, to_counts(output.prediction), batch.cell_bag)
     cluster = cluster_loss(cells, batch.phenotype, gene_scale, genes)
     return LossTerms(total=gene + lam * cluster, gene=gene, cluster=cluster)

@@ -12,7 +12,7 @@ packed cell order.
 
 ``out`` is the identity for z-scored targets, which can be negative, and Softplus only for non-negative
 targets (counts, TPM): the paper prints Softplus while training on z-scores, which cannot fit the
-negative half of the targets (PITFALLS 6).
+negative half of the targets (docs/pitfalls.md#softplus-only-on-non-negative-targets).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Only non-empty segments get a row of the padded tensor: an empty unit would have no key to attend to and
 its softmax would be NaN. Padded positions are marked False in the mask and must be masked by every
-consumer (PITFALLS 7); :meth:`SegmentPadding.unpad` drops them again.
+consumer (docs/pitfalls.md#padding-never-counts); :meth:`SegmentPadding.unpad` drops them again.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The attention of a bag sums to 1 over its cells, so the profiles of a bag's cells add up to the bag's
 prediction gene by gene. That split is only meaningful where amounts add up: counts (ST, Xenium) or TPM
-(bulk), never log1p or z-scores (PITFALLS 8). The model predicts z-scored log1p values, so callers map
+(bulk), never log1p or z-scores. The model predicts z-scored log1p values, so callers map
 its predictions to count space first with a :class:`CountTransform`, usually :class:`Denormalise`.
 """
 

@@ -6,8 +6,8 @@ embeddings are concatenated to the GAT output (eq. 6) and a linear ``fuse`` maps
 
 Encoder blocks are pre-LN and written from ``nn.Linear`` (separate ``q``, ``k``, ``v``, ``out`` and ``ff1``,
 ``ff2``) with ``F.scaled_dot_product_attention``, so LoRA can target every projection and no fused fast
-path bypasses adapters (PITFALLS 18). Attention runs within each unit: cells are padded per unit to the
-batch's largest unit and padded keys are masked, so padding never changes a real cell's output (PITFALLS 7).
+path bypasses adapters. Attention runs within each unit: cells are padded per unit to the
+batch's largest unit and padded keys are masked, so padding never changes a real cell's output.
 """
 
 from __future__ import annotations

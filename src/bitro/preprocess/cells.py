@@ -1,6 +1,6 @@
 """The cell table ``cells.parquet``: segmented cells with their unit, in a fixed spatial order.
 
-Columns (ARCHITECTURE §3): ``cell_id``, ``x_px``, ``y_px`` (centroid, level-0 px), ``x_um``, ``y_um``,
+Columns (docs/formats.md): ``cell_id``, ``x_px``, ``y_px`` (centroid, level-0 px), ``x_um``, ``y_um``,
 ``area_um2``, ``unit_id`` (the unit whose circle or square holds the centroid, in µm; −1 for none),
 ``source`` (``classical``, ``cellvit``, ``hest-cellvit``, ``xenium``…), ``class`` (the segmenter's cell
 type, or missing) and ``geometry`` (WKB outline in level-0 px, or null). The file is GeoParquet when

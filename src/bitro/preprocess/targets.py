@@ -1,6 +1,6 @@
 """Targets: the measured expression of each unit, aligned to ``units.parquet``.
 
-``targets.h5ad`` (ARCHITECTURE §3):
+``targets.h5ad`` (docs/formats.md):
 
 - ST: units × genes raw counts, row *i* is unit *i* (matched by spot barcode, never by row order).
 - Xenium: units × genes, each unit's cells' counts summed (a pseudo-spot), ``obs["n_cells"]``.

@@ -1,6 +1,6 @@
 """Units: the regions expression is measured on (ST spots) or predicted for (spot-sized patches).
 
-``units.parquet`` (ARCHITECTURE §3) has one row per unit: ``unit_id`` (int, 0..n-1), ``x_px``, ``y_px``
+``units.parquet`` (docs/formats.md) has one row per unit: ``unit_id`` (int, 0..n-1), ``x_px``, ``y_px``
 (centre, level-0 pixels), ``x_um``, ``y_um``, ``diameter_um`` (spot diameter, or patch side), ``in_tissue``,
 plus ``shape`` (``circle`` | ``square``), ``barcode`` (ST spot barcode, else empty) and ``tissue_fraction``.
 """

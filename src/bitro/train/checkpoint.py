@@ -2,7 +2,7 @@
 
 A trained model is two files: ``model.safetensors`` (the weights) and ``model.json`` (model config, gene
 names, target statistics, phenotype centroids, feature scope, training settings). :func:`load_model`
-checks the pair against each other and loads the weights strictly (PITFALLS 14).
+checks the pair against each other and loads the weights strictly (docs/pitfalls.md).
 
 The resume state of a run is ``checkpoint/state.safetensors`` (weights, the best weights so far and the
 Adam moments, flattened to named tensors) plus ``checkpoint/state.json`` (epoch, early-stopping counters,

@@ -8,7 +8,7 @@ references into it:
   outside tissue neither train nor score (their count is logged);
 - ``xenium``: one bag per pseudo-spot (55 µm square) that holds at least one cell;
 - ``bulk``: one bag per slide, made of all its patches that hold cells; training draws a random subset of
-  its patches at each step (paper §3.4 / ARCHITECTURE §4), prediction streams over all of them.
+  its patches at each step (paper §3.4, docs/methods.md), prediction streams over all of them.
 
 :func:`collate` packs bags into a :class:`bitro.model.batch.CellBatch` with targets.
 """

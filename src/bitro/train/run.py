@@ -3,7 +3,7 @@
 Reads ``folds.json`` and ``genes.txt``, each training and validation sample's ``cells.parquet``,
 ``graph.npz``, ``units.parquet``, ``targets.h5ad`` and features (``features.npy`` for ``sample`` scope, or
 ``embeddings.npy`` projected on the fold's ``pca.npz`` for ``cohort`` scope), and the fold's
-``phenotypes.npz``. Fits the target statistics on the training bags only (PITFALLS 5), trains
+``phenotypes.npz``. Fits the target statistics on the training bags only (docs/pitfalls.md), trains
 (:func:`bitro.train.fit.fit`), scores the validation bags against the training-mean predictor, and writes
 into ``out_dir``: ``model.safetensors``, ``model.json`` (config, genes, target statistics, phenotype
 centroids, feature scope, training settings, validation scores), ``train_log.csv`` and ``checkpoint/``.

@@ -9,12 +9,12 @@ ST → bulk and bulk → ST work the same way; a pair of cohorts is a *source* a
    target, nor share a patient with one: the two cohorts are different, but sample sheets can name the same
    patients (a HEST section cut from a TCGA case), and the run refuses when they do
    (:class:`PatientOverlapError`). Phenotypes for the cluster loss are fitted on the pretraining samples.
-2. **Gene alignment by name** (PITFALLS 4): the transferred model predicts the genes the source and target
+2. **Gene alignment by name**: the transferred model predicts the genes the source and target
    share (:func:`transfer_genes`, sorted by name, so the order of either gene file never matters); the rows
    of every per-gene tensor of the pretrained model (the gene queries and, with the per-gene readout, each
    gene's output weights and bias) are selected by name (:func:`select_model_genes`).
 3. **Fine-tuning** (:func:`transfer_fold`, once per target fold) on the target fold's training samples, with
-   its validation samples for early stopping, target statistics fitted on its training bags (PITFALLS 5) and
+   its validation samples for early stopping, target statistics fitted on its training bags and
    the fold's phenotypes. ``full``: every weight trains from the pretrained start. ``lora``:
    :func:`bitro.model.lora.apply_lora` (r 8, α 16, dropout 0.05 by default) freezes the base; the adapters,
    gene queries and readout train.
