@@ -27,24 +27,42 @@ class BitroError(Exception):
         super().__init__(f"{self.path}: {problem}")
 
 
-class InputError(BitroError, ValueError):
+class InputError(BitroError):
     """A user's input file is unusable; the message names the file and what is wrong with it."""
 
 
-class MissingInputError(InputError, FileNotFoundError):
+class MissingInputError(InputError):
     """A file the input layout requires does not exist."""
 
     def __init__(self, path: str | PathLike[str], what: str = "required file") -> None:
         super().__init__(path, f"{what} not found")
 
 
-class ConfigError(BitroError, ValueError):
+class ConfigError(BitroError):
     """The config, a sample sheet's contents or a setting asks for something the data cannot give."""
+
+
+class PatientOverlapError(ConfigError):
+    """A pretraining sample is, or shares a patient with, a test sample of the target.
+
+    Raised where the sample sheets are not known by name (``path`` says what was compared); the
+    command that read them re-raises it naming the sheet.
+    """
+
+    def __init__(self, problem: str, path: str | PathLike[str] = "the sample sheets") -> None:
+        super().__init__(path, problem)
 
 
 class WeightsError(InputError):
     """A weights file is missing, truncated, or does not fit the architecture."""
 
 
-class UsageError(BitroError, ValueError):
+class UsageError(BitroError):
     """The command line names something that does not exist (a fold, a mode) or lacks an option."""
+
+
+class TileSettingsError(UsageError):
+    """Tile-token mode cannot run as asked: an encoder without tokens, or tiles that misfit its tokens.
+
+    ``path`` names the setting at fault: the option on the command line, the key in the config.
+    """

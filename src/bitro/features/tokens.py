@@ -33,7 +33,7 @@ accumulates each outline edge's trapezoids, as font rasterisers do). A footprint
   nearest-cell pooling would give every nucleus inside one 16 µm cell the same vector; with bilinear
   weights a nucleus takes from its four nearest map cells in proportion to how close it is to each. Even
   so, the map's ~850-px receptive field makes neighbours look alike, which is why ``auto`` keeps
-  EfficientNet-Lite0 in crop mode (:data:`AUTO_MODE`).
+  EfficientNet-Lite0 in crop mode (:data:`bitro.options.AUTO_EMBED_MODE`).
 
 DINOv3 places patches by RoPE on coordinates normalised to [−1, 1] over the input, so any side that is a
 multiple of 16 works (DINOv3 was trained at several resolutions). Attention is global, so a token still
@@ -55,7 +55,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -65,7 +65,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm.auto import tqdm
 
 from bitro._atomic import atomic_path
-from bitro.errors import InputError
+from bitro.errors import InputError, TileSettingsError
 from bitro.features.embed import _resume_state
 from bitro.features.encoders import (
     DINOv3Encoder,
@@ -75,58 +75,15 @@ from bitro.features.encoders import (
     MorphologyEncoder,
 )
 from bitro.io.slides import Slide, open_slide
-from bitro.options import NUCLEAR_FEATURE_ENCODERS
+from bitro.options import NO_TOKENS
 from bitro.preprocess.crops import CropParams, CropReader
 from bitro.preprocess.regions import grid_shape
 from bitro.preprocess.stain import StainNormalizer, read_normalizer
-
-Mode = Literal["crop", "tile-token"]
-MODES = ("auto", "crop", "tile-token")
-
-#: What ``auto`` resolves to, per encoder (workflow/rules/embedding.smk holds the same table). Figures in
-#: benchmarks/RESULTS.md, "Tile-token mode": DINOv3 ViT-L/16 tile-token needs 4.7 instead of 125.7 GFLOP
-#: per cell and ran 27–29× faster than 224-px crops on an H100 (13× end to end); EfficientNet-Lite0 gains
-#: only 1.7–2.4× over its 48-px crops while its stride-32 map blurs neighbouring cells (demo cell-type
-#: balanced accuracy 0.44 instead of 0.78, spot PCC gene 0.14 instead of 0.62); morphology has no tokens.
-AUTO_MODE: dict[str, Mode] = {
-    "dinov3_vitl16": "tile-token",
-    "efficientnet_lite0": "crop",
-    "morphology": "crop",
-    "morphology_histomicstk": "crop",
-}
-
-NO_TOKENS = (
-    "the morphology encoders compute nuclear features from each cell's crop and have no tokens to "
-    "pool: use crop mode (--mode crop, features.mode: crop) or an encoder with tokens "
-    "(dinov3_vitl16, efficientnet_lite0)"
-)
 
 #: Vertices of the polygon standing in for a cell without an outline (a disk of the same area).
 DISK_VERTICES = 32
 #: Side of the footprint squares for a CNN map, as a fraction of its stride (8 px for a 32-px stride).
 CNN_FINE_FRACTION = 4
-
-
-class TileSettingsError(ValueError):
-    """Tile-token mode cannot run as asked: an encoder without tokens, or tiles that misfit its tokens."""
-
-
-def resolve_mode(mode: str, encoder: str) -> Mode:
-    """The embedding mode (``crop`` or ``tile-token``) that ``mode`` (``auto|crop|tile-token``) means.
-
-    Raises
-    ------
-    ValueError
-        An unknown mode or encoder; :class:`TileSettingsError` for tile-token mode with ``morphology``.
-    """
-    if encoder not in AUTO_MODE:
-        raise ValueError(f"unknown encoder {encoder!r} (expected one of {sorted(AUTO_MODE)})")
-    if mode not in MODES:
-        raise ValueError(f"unknown embedding mode {mode!r} (expected one of {MODES})")
-    resolved: Mode = AUTO_MODE[encoder] if mode == "auto" else mode  # type: ignore[assignment]
-    if resolved == "tile-token" and encoder in NUCLEAR_FEATURE_ENCODERS:
-        raise TileSettingsError(NO_TOKENS)
-    return resolved
 
 
 # ------------------------------------------------------------------------------------------ token grids
@@ -270,7 +227,7 @@ def token_encoder(encoder: Encoder | TokenEncoder) -> TokenEncoder:
         ``morphology``: it has no tokens (use crop mode).
     """
     if isinstance(encoder, (MorphologyEncoder, HistomicsTKMorphologyEncoder)):
-        raise TileSettingsError(NO_TOKENS)
+        raise TileSettingsError("--mode tile-token", NO_TOKENS)
     if isinstance(encoder, DINOv3Encoder):
         return ViTTokens(encoder)
     if isinstance(encoder, EfficientNetEncoder):
@@ -714,15 +671,17 @@ def embed_tiles(
     tokens = token_encoder(encoder)
     if tile_px <= 0 or margin_px < 0 or batch_tiles <= 0 or part_tiles <= 0 or mpp <= 0:
         raise TileSettingsError(
-            f"tile settings must be positive: tile_px={tile_px}, margin_px={margin_px}, "
-            f"batch_tiles={batch_tiles}, part_tiles={part_tiles}, mpp={mpp}"
+            "tile-token settings",
+            f"must be positive: tile_px={tile_px}, margin_px={margin_px}, "
+            f"batch_tiles={batch_tiles}, part_tiles={part_tiles}, mpp={mpp}",
         )
     grid = tokens.grid(tile_px + 2 * margin_px)
     step = round(grid.stride)
     if tile_px % step or margin_px % step:
         raise TileSettingsError(
+            "tile-token settings",
             f"tile_px ({tile_px}) and margin_px ({margin_px}) must be multiples of {tokens.name}'s token "
-            f"stride ({step} px)"
+            f"stride ({step} px)",
         )
     out = Path(out)
     if isinstance(cells, pd.DataFrame):
