@@ -161,8 +161,6 @@ def _cmd_folds(args: argparse.Namespace) -> None:
         else:
             extents = _cell_extents(args.samples_dir, samples)
             folds = spatial_strips(args.cohort, extents, n_strips=args.n_strips)
-    except (InputError, ConfigError):
-        raise
     except ValueError as exc:
         raise ConfigError(args.sample_sheet, str(exc)) from exc
     write_folds(folds, args.out)
