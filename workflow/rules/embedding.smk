@@ -7,7 +7,9 @@
 # for the morphology encoders, which have no tokens.
 from bitro.options import NUCLEAR_FEATURE_ENCODERS, resolve_embed_mode
 
-EMBED_MODE = resolve_embed_mode(FEATURES["mode"], FEATURES["encoder"], setting="features.mode")
+EMBED_MODE = resolve_embed_mode(
+    FEATURES["mode"], FEATURES["encoder"], setting="features.mode"
+)
 
 
 def embed_inputs(wildcards):
