@@ -2,7 +2,14 @@
 
 Every user-facing fault is a :class:`BitroError`; ``bitro <verb>`` prints it as one line,
 ``bitro <verb>: error: <file>: <problem>``, and exits with status 2. Anything else is a bug and keeps its
-traceback.
+traceback (a ``ValueError`` or ``TypeError`` is a caller passing the library a wrong argument).
+
+- :class:`InputError`: an input file is unusable (:class:`MissingInputError`: it is not there;
+  :class:`WeightsError`: weights that are missing, truncated or do not fit).
+- :class:`ConfigError`: a setting asks for something the data cannot give (:class:`PatientOverlapError`:
+  pretraining samples that share patients with the target's test samples).
+- :class:`UsageError`: the command line names something that does not exist or lacks an option
+  (:class:`TileSettingsError`: tile-token mode cannot run as asked).
 """
 
 from __future__ import annotations
