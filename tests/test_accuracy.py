@@ -21,6 +21,7 @@ from bitro.accuracy.stats import (
 )
 from bitro.demo.morphology import LYMPHOCYTE, TUMOUR
 from bitro.demo.virtual import EFFECTS, VirtualConfig, bulk_cohort, st_cohort
+from bitro.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_patient_folds_never_share_a_patient() -> None:
         sides = [{patients[i] for i in getattr(fold, role)} for role in ("train", "validation", "test")]
         assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
         assert sides[1]
-    with pytest.raises(ValueError, match="patients"):
+    with pytest.raises(ConfigError, match="patients"):
         patient_folds(["A", "A", "B"], n_folds=2, validation_fraction=0.2, seed=0)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from bitro.errors import InputError, MissingInputError
+from bitro.errors import BitroError, ConfigError, InputError, MissingInputError
 from bitro.preprocess.cellvit import (
     CELLVIT_CHECKPOINTS,
     cellvit_command,
@@ -124,9 +124,9 @@ def test_command_refuses_what_would_download_or_fail(tmp_path, weights):
     ]
     for options in bad:
         kwargs = {"slide": slide, "outdir": out, "model": weights / SAM, "mpp": 0.25} | options
-        with pytest.raises(ValueError):
+        with pytest.raises(BitroError):
             cellvit_command(**kwargs)
-    with pytest.raises(ValueError, match="midog"):
+    with pytest.raises(ConfigError, match="midog"):
         cellvit_command(
             slide=slide, outdir=out, model=weights / "CellViT-256-x40-AMP.pth", mpp=0.25, taxonomy="midog"
         )

@@ -56,8 +56,8 @@ def test_missing_sample_exits_2(
 
 
 def test_cli_presets_are_the_demo_presets() -> None:
-    from bitro.cli import DEMO_PRESETS
     from bitro.demo import PRESETS
+    from bitro.options import DEMO_PRESETS
 
     assert sorted(DEMO_PRESETS) == sorted(PRESETS)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from bitro.errors import InputError
+from bitro.errors import ConfigError, InputError
 from bitro.features.phenotype import fit_phenotypes, read_phenotypes, write_phenotypes
 from bitro.features.reduce import fit_cohort_pca, fit_pca, read_basis, write_basis
 
@@ -90,7 +90,7 @@ def test_labels_are_the_nearest_centroid_and_minibatch_above_the_threshold() -> 
 def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="without features"):
         fit_phenotypes({"A": embeddings(0)}, ["A", "B"])
-    with pytest.raises(ValueError, match="cannot make"):
+    with pytest.raises(ConfigError, match="cannot make"):
         fit_phenotypes({"A": embeddings(0, n=3)}, ["A"], k=8)
     with pytest.raises(InputError, match="missing"):
         read_basis(Path("missing.npz"))

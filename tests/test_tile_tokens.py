@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -15,20 +14,17 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from bitro.cli import main
+from bitro.errors import TileSettingsError
 from bitro.features.encoders import DINOv3Encoder, EfficientNetEncoder, MorphologyEncoder
 from bitro.features.tokens import (
-    AUTO_MODE,
     DISK_VERTICES,
     TokenGrid,
     coverage,
     embed_tiles,
-    resolve_mode,
     token_encoder,
 )
 from bitro.io.slides import open_slide
 from bitro.preprocess.cells import write_cells
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class PatchMeans:
@@ -300,26 +296,12 @@ def test_rows_follow_the_cell_table(scene, vit2: Path, tmp_path: Path) -> None:
 
 def test_morphology_has_no_tokens_and_is_refused(scene, tmp_path: Path, capsys) -> None:
     path, _, cells = scene
-    with pytest.raises(ValueError, match="morphology"), open_slide(path) as slide:
+    with pytest.raises(TileSettingsError, match="morphology"), open_slide(path) as slide:
         embed_tiles(slide, cells, None, MorphologyEncoder(), tmp_path / "e.npy")
-    with pytest.raises(ValueError, match="morphology"):
-        resolve_mode("tile-token", "morphology")
     assert not (tmp_path / "e.npy").exists()
-    with pytest.raises(SystemExit) as exit_:
-        main(["embed", "--mode", "tile-token", "--encoder", "morphology", "--slide", str(path), "--cells",
-              str(tmp_path / "c.parquet"), "--out", str(tmp_path / "e.npy")])  # fmt: skip
-    assert exit_.value.code == 2
-    assert "morphology" in capsys.readouterr().err
-
-
-def test_auto_mode_is_the_same_in_the_library_and_the_workflow() -> None:
-    rules = (ROOT / "workflow" / "rules" / "embedding.smk").read_text()
-    for encoder, mode in AUTO_MODE.items():
-        assert re.search(rf'"{encoder}":\s*"{mode}"', rules), encoder
-        assert resolve_mode("auto", encoder) == mode
-    assert resolve_mode("crop", "dinov3_vitl16") == "crop"
-    with pytest.raises(ValueError, match="mode"):
-        resolve_mode("tiles", "dinov3_vitl16")
+    assert main(["embed", "--mode", "tile-token", "--encoder", "morphology", "--slide", str(path), "--cells",
+                 str(tmp_path / "c.parquet"), "--out", str(tmp_path / "e.npy")]) == 2  # fmt: skip
+    assert "bitro embed: error: --mode tile-token: the morphology" in capsys.readouterr().err
 
 
 def test_cli_embeds_a_demo_sample_in_tile_token_mode(small_demo, vit2: Path, tmp_path: Path) -> None:
@@ -350,6 +332,4 @@ def test_cli_embeds_a_demo_sample_in_tile_token_mode(small_demo, vit2: Path, tmp
     assert len(describe["weights_sha256"]) == 64 and describe["footprints"]["polygon"] == len(cells)
     for bad in (["--mode", "crop"], ["--mode", "tile-token", "--slide", str(tmp_path / "s.tif")],
                 [*args[1:-2], "--tile-size", "100"]):  # fmt: skip
-        with pytest.raises(SystemExit) as exit_:
-            main(["embed", *bad, "--out", str(tmp_path / "x.npy")])
-        assert exit_.value.code == 2
+        assert main(["embed", *bad, "--out", str(tmp_path / "x.npy")]) == 2

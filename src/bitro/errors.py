@@ -2,7 +2,14 @@
 
 Every user-facing fault is a :class:`BitroError`; ``bitro <verb>`` prints it as one line,
 ``bitro <verb>: error: <file>: <problem>``, and exits with status 2. Anything else is a bug and keeps its
-traceback.
+traceback (a ``ValueError`` or ``TypeError`` is a caller passing the library a wrong argument).
+
+- :class:`InputError`: an input file is unusable (:class:`MissingInputError`: it is not there;
+  :class:`WeightsError`: weights that are missing, truncated or do not fit).
+- :class:`ConfigError`: a setting asks for something the data cannot give (:class:`PatientOverlapError`:
+  pretraining samples that share patients with the target's test samples).
+- :class:`UsageError`: the command line names something that does not exist or lacks an option
+  (:class:`TileSettingsError`: tile-token mode cannot run as asked).
 """
 
 from __future__ import annotations
@@ -27,24 +34,42 @@ class BitroError(Exception):
         super().__init__(f"{self.path}: {problem}")
 
 
-class InputError(BitroError, ValueError):
+class InputError(BitroError):
     """A user's input file is unusable; the message names the file and what is wrong with it."""
 
 
-class MissingInputError(InputError, FileNotFoundError):
+class MissingInputError(InputError):
     """A file the input layout requires does not exist."""
 
     def __init__(self, path: str | PathLike[str], what: str = "required file") -> None:
         super().__init__(path, f"{what} not found")
 
 
-class ConfigError(BitroError, ValueError):
+class ConfigError(BitroError):
     """The config, a sample sheet's contents or a setting asks for something the data cannot give."""
+
+
+class PatientOverlapError(ConfigError):
+    """A pretraining sample is, or shares a patient with, a test sample of the target.
+
+    Raised where the sample sheets are not known by name (``path`` says what was compared); the
+    command that read them re-raises it naming the sheet.
+    """
+
+    def __init__(self, problem: str, path: str | PathLike[str] = "the sample sheets") -> None:
+        super().__init__(path, problem)
 
 
 class WeightsError(InputError):
     """A weights file is missing, truncated, or does not fit the architecture."""
 
 
-class UsageError(BitroError, ValueError):
+class UsageError(BitroError):
     """The command line names something that does not exist (a fold, a mode) or lacks an option."""
+
+
+class TileSettingsError(UsageError):
+    """Tile-token mode cannot run as asked: an encoder without tokens, or tiles that misfit its tokens.
+
+    ``path`` names the setting at fault: the option on the command line, the key in the config.
+    """

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitro.demo.virtual import VirtualUnitSet
+from bitro.errors import ConfigError
 from bitro.features.graph import knn_graphs
 from bitro.features.phenotype import Phenotypes
 from bitro.train.data import SampleData
@@ -60,11 +61,12 @@ def patient_folds(
 ) -> list[BenchFold]:
     """K folds over patients: each patient tested once; validation patients from the rest, seeded.
 
-    Raises ``ValueError`` when there are too few patients for ``n_folds`` folds with a validation part.
+    Raises :class:`~bitro.errors.ConfigError` when there are too few patients for ``n_folds`` folds with a
+    validation part.
     """
     names = sorted(set(patients))
     if len(names) < n_folds + 1:
-        raise ValueError(f"{len(names)} patients cannot make {n_folds} folds with validation")
+        raise ConfigError("n_folds", f"{len(names)} patients cannot make {n_folds} folds with validation")
     rng = np.random.default_rng(seed)
     order = rng.permutation(names)
     groups = np.array_split(order, n_folds)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger("bitro")
+from bitro.options import GROUP_BY, LEVELS
 
-LEVELS = ("st", "bulk", "xenium")
+log = logging.getLogger("bitro")
 
 
 def sample_dirs(samples_dir: str | Path, samples: list[str]) -> dict[str, Path]:
@@ -161,8 +161,6 @@ def _cmd_folds(args: argparse.Namespace) -> None:
         else:
             extents = _cell_extents(args.samples_dir, samples)
             folds = spatial_strips(args.cohort, extents, n_strips=args.n_strips)
-    except (InputError, ConfigError):
-        raise
     except ValueError as exc:
         raise ConfigError(args.sample_sheet, str(exc)) from exc
     write_folds(folds, args.out)
@@ -239,7 +237,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     folds.add_argument("--cohort", required=True)
     folds.add_argument("--level", choices=LEVELS, required=True)
     folds.add_argument("--sample-sheet", required=True)
-    folds.add_argument("--group-by", choices=("sample", "patient"), default="sample")
+    folds.add_argument("--group-by", choices=GROUP_BY, default="sample")
     folds.add_argument("--test-fraction", type=float, default=0.2, help="bulk, one split: patients tested")
     folds.add_argument(
         "--bulk-folds", type=int, default=1, help="bulk: 1 = one seeded split; K >= 2 = K-fold over patients"

@@ -6,12 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from bitro._atomic import atomic_path
-from bitro.errors import InputError
+from bitro.errors import InputError, UsageError
+from bitro.options import FORMATS
 
-FORMATS = ("hest", "tcga", "xenium")
 LEVELS = {"hest": "st", "tcga": "bulk", "xenium": "xenium"}
 #: Content of ``--stamp``: fixed, so that Snakemake, which compares small inputs by checksum, sees a
 #: rewritten stamp as unchanged.
@@ -65,17 +65,13 @@ def _with_sheet(config: dict[str, Any], args: argparse.Namespace) -> tuple[dict[
     elif args.cohort and len(args.cohort) == 1 and args.cohort[0] in cohorts:
         name, cohort = args.cohort[0], dict(cohorts[args.cohort[0]])
     else:
-        _usage("--samples needs --format and --root, or one --cohort of the config")
+        raise UsageError("--samples", "needs --format and --root, or one --cohort of the config")
     cohort |= {"samples": str(args.samples), "generated_by_demo": False}
     return config | {"cohorts": cohorts | {name: cohort}}, [name]
 
 
-def _usage(message: str) -> NoReturn:
-    print(f"bitro doctor: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def _cmd_doctor(args: argparse.Namespace) -> None:
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    """Run the checks and write the report; exit status 1 when a check failed."""
     from bitro.doctor import run_doctor
 
     config, source = load_config(args)
@@ -91,8 +87,8 @@ def _cmd_doctor(args: argparse.Namespace) -> None:
             validate=args.config_json is None and args.config is not None and args.samples is None,
             source=source + (f", cohort(s) {', '.join(cohorts)}" if cohorts else ""),
         )
-    except ValueError as exc:
-        _usage(str(exc))
+    except ValueError as exc:  # an unknown --cohort or --skip
+        raise UsageError("--cohort", str(exc)) from exc
     text = report.to_text()
     if args.out is not None:
         with atomic_path(args.out) as tmp:
@@ -107,7 +103,8 @@ def _cmd_doctor(args: argparse.Namespace) -> None:
     if not report.ok:
         failed = sum(r.status == "fail" for r in report.results)
         print(f"bitro doctor: {failed} check(s) failed (listed above)", file=sys.stderr)
-        raise SystemExit(1)
+        return 1
+    return 0
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

@@ -6,10 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
+from bitro import options
+
 log = logging.getLogger("bitro")
 
-# Kept here rather than imported so that `bitro --help` does not load matplotlib.
-LEVELS = ("auto", "st", "bulk", "xenium")
+#: ``--level`` choices: a level of :data:`bitro.options.LEVELS`, or ``auto`` (from the cohort's metrics).
+LEVELS = ("auto", *options.LEVELS)
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from pathlib import Path
 
 log = logging.getLogger("bitro")
 
@@ -19,24 +17,13 @@ def set_threads(threads: int | None) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    import yaml
-
-    from bitro.train.fit import TrainConfig
+    from bitro.commands._settings import read_settings, train_config
     from bitro.train.run import train_fold
 
     set_threads(args.threads)
-
-    if args.params_json:
-        settings = json.loads(args.params_json)
-    else:
-        settings = yaml.safe_load(Path(args.params).read_text()) if args.params else {}
+    settings = read_settings(args.params, args.params_json)
     model_config = dict(settings.get("model", {}))
-    train_settings = dict(settings.get("training", {}))
-    for key in ("gpu", "phenotypes_k", "feature_scope", "zscore"):  # workflow keys, not TrainConfig's
-        train_settings.pop(key, None)
-    config = TrainConfig(**train_settings)
-    if args.max_steps is not None:
-        config.max_steps = args.max_steps
+    config = train_config(settings, max_steps=args.max_steps)
     result = train_fold(
         args.samples_dir,
         args.folds,

@@ -16,32 +16,21 @@ workflow's ``model:``/``training:`` sections and an optional ``transfer:`` secti
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
+from bitro.commands._settings import read_settings, train_config
 from bitro.commands.train import set_threads
 from bitro.errors import ConfigError, UsageError
 
 log = logging.getLogger("bitro")
 
-#: Keys of ``training:`` that are the workflow's, not :class:`bitro.train.fit.TrainConfig`'s.
-WORKFLOW_KEYS = ("gpu", "phenotypes_k", "feature_scope", "zscore")
-
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
-
-    if args.params_json:
-        return dict(json.loads(args.params_json))
-    return dict(yaml.safe_load(Path(args.params).read_text()) or {}) if args.params else {}
+    return read_settings(args.params, args.params_json)
 
 
 def _train_config(settings: dict[str, Any], stage: str, max_steps: int | None) -> Any:
-    from bitro.train.fit import TrainConfig
-
     training = dict(settings.get("training", {}))
     if training.get("feature_scope", "sample") != "sample":
         raise ConfigError(
@@ -49,11 +38,7 @@ def _train_config(settings: dict[str, Any], stage: str, max_steps: int | None) -
             "transfer needs per-sample features (training.feature_scope: sample); a cohort "
             "PCA basis of the source does not describe the target's cells",
         )
-    for key in WORKFLOW_KEYS:
-        training.pop(key, None)
-    training |= dict(settings.get("transfer", {}).get(stage, {}))
-    config = TrainConfig(**training)
-    return config if max_steps is None else replace(config, max_steps=max_steps)
+    return train_config(settings, stage=stage, max_steps=max_steps)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
@@ -83,7 +68,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
             progress=not args.quiet,
         )
     except PatientOverlapError as error:
-        raise ConfigError(args.target_sheet or args.source_sheet, f"refused: {error}") from error
+        raise ConfigError(args.target_sheet or args.source_sheet, f"refused: {error.problem}") from error
     log.info("pretrained: best step %d of %d -> %s", result.best_step, result.steps_run, args.out_dir)
 
 
@@ -120,7 +105,7 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
             progress=not args.quiet,
         )
     except PatientOverlapError as error:
-        raise ConfigError(args.target_sheet or args.target_folds, f"refused: {error}") from error
+        raise ConfigError(args.target_sheet or args.target_folds, f"refused: {error.problem}") from error
     log.info(
         "%s (%s transfer): best step %d of %d -> %s",
         args.fold,

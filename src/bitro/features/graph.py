@@ -28,7 +28,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from bitro._atomic import atomic_path
-from bitro.errors import InputError
+from bitro.errors import ConfigError, InputError
 from bitro.io.validate import require_file
 
 GRAPH_KEYS = ("unit_ids", "cell_index", "cell_offsets", "edges", "edge_offsets", "k", "self_loops")
@@ -76,7 +76,7 @@ def knn_graphs(
         Also store an edge from each cell to itself.
     """
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise ConfigError("features.graph_k", f"k must be at least 1, got {k}")
     unit_id = np.asarray(unit_id, dtype=np.int64)
     rows = np.nonzero(unit_id >= 0)[0]
     order = rows[np.lexsort((rows, unit_id[rows]))]

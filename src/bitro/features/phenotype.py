@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
 
 from bitro._atomic import atomic_path
-from bitro.errors import InputError
+from bitro.errors import ConfigError, InputError
 from bitro.io.validate import require_file
 
 MINIBATCH_ABOVE = 100_000
@@ -77,7 +77,7 @@ def fit_phenotypes(
         raise ValueError(f"training samples without features: {missing}")
     x = np.concatenate([np.asarray(features[s], dtype=np.float32) for s in train])
     if len(x) < k:
-        raise ValueError(f"{len(x)} training cells cannot make {k} phenotypes")
+        raise ConfigError("training.phenotypes_k", f"{len(x)} training cells cannot make {k} phenotypes")
     if len(x) > minibatch_above:
         model: KMeans | MiniBatchKMeans = MiniBatchKMeans(
             n_clusters=k, batch_size=4096, n_init=3, random_state=seed

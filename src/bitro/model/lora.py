@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from bitro._atomic import atomic_path
+from bitro.errors import WeightsError
 from bitro.model.bitro import BiTro
 
 METADATA_KEY = "bitro_lora"
@@ -166,34 +167,34 @@ def load_lora(model: BiTro, path: str | os.PathLike[str]) -> list[str]:
 
     Raises
     ------
-    ValueError
+    WeightsError
         Missing settings, different settings, or tensors that do not match the model's trainable
         parameters exactly (name set and shapes).
     """
     meta = read_lora_metadata(path)
     if METADATA_KEY not in meta:
-        raise ValueError(f"{path}: not a bitro LoRA file (no {METADATA_KEY!r} metadata)")
+        raise WeightsError(path, f"not a bitro LoRA file (no {METADATA_KEY!r} metadata)")
     raw = json.loads(meta[METADATA_KEY])
     settings = LoraSettings(raw["r"], raw["alpha"], raw["dropout"], tuple(raw["target_modules"]))
     current = lora_settings(model)
     if current is None:
         apply_lora(model, settings.r, settings.alpha, settings.dropout, list(settings.target_modules))
     elif current != settings:
-        raise ValueError(f"{path}: LoRA settings {settings} differ from the model's {current}")
+        raise WeightsError(path, f"LoRA settings {settings} differ from the model's {current}")
     params = dict(model.named_parameters())
     expected = set(trainable_parameter_names(model))
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
         missing, unexpected = sorted(expected - keys), sorted(keys - expected)
         if missing or unexpected:
-            raise ValueError(
-                f"{path}: tensors do not match the model: missing {missing}, unexpected {unexpected}"
+            raise WeightsError(
+                path, f"tensors do not match the model: missing {missing}, unexpected {unexpected}"
             )
         with torch.no_grad():
             for name in sorted(keys):
                 tensor = f.get_tensor(name)
                 want = tuple(params[name].shape)
                 if tuple(tensor.shape) != want:
-                    raise ValueError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model {want}")
+                    raise WeightsError(path, f"{name} has shape {tuple(tensor.shape)}, the model {want}")
                 params[name].copy_(tensor)
     return trainable_parameter_names(model)

@@ -23,6 +23,7 @@ from bitro.errors import InputError
 from bitro.evaluate.splits import read_folds
 from bitro.evaluate.summary import headline_rows
 from bitro.io.validate import require_file
+from bitro.options import LEVELS
 from bitro.plot._figure import DPI
 from bitro.plot.baselines import plot_baselines, read_table
 from bitro.plot.cells import plot_cells
@@ -33,7 +34,6 @@ from bitro.plot.training import plot_training
 
 log = logging.getLogger("bitro")
 
-LEVELS = ("st", "bulk", "xenium")
 PROTOCOLS = {"loo": "leave-one-out", "patient": "patient split", "strips": "spatial strips"}
 LEVEL_PROTOCOLS = {"st": "leave-one-out", "bulk": "patient split", "xenium": "spatial strips"}
 #: The cohort-wide outputs: key (the workflow's output name) → file name.

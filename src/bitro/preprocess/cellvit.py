@@ -33,7 +33,7 @@ from typing import Any
 
 import geopandas as gpd
 
-from bitro.errors import InputError, MissingInputError
+from bitro.errors import ConfigError, InputError, MissingInputError, UsageError
 from bitro.io.cells import PANNUKE_TYPE_NAMES, _contour_polygon, _frame, _read_geojson, _type_name
 from bitro.io.validate import require_file
 
@@ -64,6 +64,9 @@ CELLVIT_TAXONOMIES: tuple[str, ...] = (
 
 _CLASSIFIER_DIRS = {"SAM": "sam-h", "HIPT": "vit256"}
 _MAX_MPP = 0.75  # CellViT++ refuses slides coarser than this (cellvit/data/dataclass/wsi_meta.py)
+#: The config keys that set CellViT++'s taxonomy and batch size (named by the errors about them).
+TAXONOMY_KEY = "segmentation.cellvit.taxonomy"
+BATCH_SIZE_KEY = "segmentation.cellvit.batch_size"
 
 
 def cellvit_model_name(model: Path) -> str:
@@ -103,6 +106,7 @@ def cellvit_environment(weights_dir: Path) -> dict[str, str]:
 
 
 def _check_options(
+    slide: Path,
     model_name: str,
     weights_dir: Path,
     taxonomy: str,
@@ -110,25 +114,28 @@ def _check_options(
     magnification: float | None,
     batch_size: int,
 ) -> None:
-    """Raise ``ValueError``/``MissingInputError`` for options CellViT++ would reject or download for."""
+    """Raise a :class:`~bitro.errors.BitroError` for options CellViT++ would reject or download for."""
     if taxonomy not in CELLVIT_TAXONOMIES:
-        raise ValueError(
-            f"unknown CellViT++ taxonomy {taxonomy!r}; expected one of {', '.join(CELLVIT_TAXONOMIES)}"
+        raise ConfigError(
+            TAXONOMY_KEY,
+            f"unknown CellViT++ taxonomy {taxonomy!r}; expected one of {', '.join(CELLVIT_TAXONOMIES)}",
         )
     if taxonomy == "midog" and model_name == "HIPT":
-        raise ValueError("CellViT++ has no midog classifier for the HIPT (CellViT-256) model")
+        raise ConfigError(TAXONOMY_KEY, "CellViT++ has no midog classifier for the HIPT (CellViT-256) model")
     if taxonomy not in ("pannuke", "binary"):
         classifier = weights_dir / "classifier" / _CLASSIFIER_DIRS[model_name] / f"{taxonomy}.pth"
         if not classifier.is_file():
             raise MissingInputError(classifier, f"CellViT++ {taxonomy} classifier (it would be downloaded)")
     if isinstance(mpp, bool) or not math.isfinite(mpp) or not 0 < mpp <= _MAX_MPP:
-        raise ValueError(f"CellViT++ needs a slide mpp in (0, {_MAX_MPP}], got {mpp!r}")
+        raise InputError(slide, f"CellViT++ needs a slide mpp in (0, {_MAX_MPP}], got {mpp!r}")
     if magnification is not None and (
         isinstance(magnification, bool) or not float(magnification).is_integer() or magnification <= 0
     ):
-        raise ValueError(f"CellViT++ takes a positive whole-number magnification, got {magnification!r}")
+        raise ConfigError(
+            "magnification", f"CellViT++ takes a positive whole-number magnification, got {magnification!r}"
+        )
     if isinstance(batch_size, bool) or not 2 <= batch_size <= 31:
-        raise ValueError(f"CellViT++ accepts a batch size from 2 to 31, got {batch_size!r}")
+        raise ConfigError(BATCH_SIZE_KEY, f"CellViT++ accepts a batch size from 2 to 31, got {batch_size!r}")
 
 
 def cellvit_command(
@@ -190,15 +197,15 @@ def cellvit_command(
         ``model`` (or the classifier a non-PanNuke taxonomy needs) is not in the weights directory.
     InputError
         ``model`` is not named as CellViT++ expects.
-    ValueError
-        An option CellViT++ would reject.
+    ConfigError, UsageError
+        An option CellViT++ would reject; :class:`~bitro.errors.InputError` for a slide without a usable mpp.
     """
     model = require_file(model, "CellViT++ checkpoint")
     model_name = cellvit_model_name(model)
     weights_dir = model.absolute().parent
-    _check_options(model_name, weights_dir, taxonomy, mpp, magnification, batch_size)
+    _check_options(Path(slide), model_name, weights_dir, taxonomy, mpp, magnification, batch_size)
     if isinstance(gpu, bool) or gpu < 0:
-        raise ValueError(f"gpu must be a CUDA device index >= 0, got {gpu!r}")
+        raise UsageError("--gpu", f"must be a CUDA device index >= 0, got {gpu!r}")
     environment = [f"{key}={value}" for key, value in cellvit_environment(weights_dir).items()]
     argv = ["env", *environment, CELLVIT_EXECUTABLE, "--model", model_name, "--nuclei_taxonomy", taxonomy]
     argv += ["--gpu", str(gpu), "--batch_size", str(batch_size), "--outdir", str(outdir)]

@@ -26,7 +26,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from bitro.errors import InputError
+from bitro.errors import ConfigError, InputError
 from bitro.io.slides import Slide, open_slide
 from bitro.preprocess.regions import read_at_mpp
 from bitro.preprocess.stain import StainModel, StainNormalizer
@@ -45,7 +45,7 @@ class CropParams:
 
     def __post_init__(self) -> None:
         if self.size <= 0 or self.mpp <= 0 or self.tile <= 0 or self.chunk <= 0:
-            raise ValueError(f"crop settings must be positive, got {self}")
+            raise ConfigError("crops", f"crop settings must be positive, got {self}")
 
 
 def crop_origins(x_px: np.ndarray, y_px: np.ndarray, slide_mpp: float, params: CropParams) -> np.ndarray:

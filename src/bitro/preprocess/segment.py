@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from bitro.io.sample import Sample
 
 from bitro._atomic import atomic_path
-from bitro.errors import InputError
+from bitro.errors import InputError, UsageError
 from bitro.io.slides import Slide, open_slide
 from bitro.preprocess.regions import Tile, grid_shape, iter_tiles, read_at_mpp
 from bitro.preprocess.stain import StainModel, sample_tissue_tiles
@@ -500,7 +500,7 @@ def segmented_cells(
         return cells, backend, slide.path
     if backend == "cellvit":
         if segmentation is None:
-            raise ValueError("the cellvit backend needs the cells.json CellViT++ wrote (segmentation=…)")
+            raise UsageError("--segmentation", "the cellvit backend needs the cells.json CellViT++ wrote")
         path = Path(segmentation)
         if path.is_dir():
             path = cellvit_output_path(path, sample.slide_path)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bitro._atomic import atomic_path
-from bitro.errors import InputError
+from bitro.errors import ConfigError, InputError
 from bitro.io.sample import Sample
 from bitro.io.slides import Slide
 from bitro.preprocess.tissue import TissueMask, tissue_mask
@@ -75,7 +75,7 @@ def grid_units(
     ``in_tissue`` is true where tissue covers at least ``min_tissue_fraction`` of the patch.
     """
     if size_um <= 0:
-        raise ValueError(f"patch size must be positive, got {size_um} µm")
+        raise ConfigError("units.patch_size_um", f"patch size must be positive, got {size_um} µm")
     side_px = size_um / slide.mpp
     w, h = slide.dimensions
     xs = np.arange(0.0, w - side_px + 1e-9, side_px)

@@ -45,7 +45,7 @@ from safetensors.torch import load_file, save_file
 
 from bitro._atomic import atomic_path
 from bitro._hashing import file_sha256
-from bitro.errors import InputError
+from bitro.errors import InputError, PatientOverlapError
 from bitro.evaluate.splits import Fold, Folds, read_folds
 from bitro.features.phenotype import Phenotypes, fit_phenotypes, read_phenotypes, write_phenotypes
 from bitro.genes.normalise import TargetTransform
@@ -75,10 +75,6 @@ LORA_FORMAT = "bitro-model-lora/1"
 ADAPTER_FILE = "adapter.safetensors"
 #: Marks which pretraining and settings a fine-tuning's resume state belongs to.
 ORIGIN_FILE = "origin.json"
-
-
-class PatientOverlapError(ValueError):
-    """A pretraining sample is, or shares a patient with, a test sample of the target."""
 
 
 @dataclass(frozen=True)
