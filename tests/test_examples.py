@@ -232,7 +232,8 @@ def test_example_dry_runs_on_stub_inputs(tmp_path: Path, example: Path) -> None:
     small = TOO_SMALL & set(config["cohorts"])
     if small:
         assert done.returncode != 0
-        assert all(f"{name}.tsv: the bulk split needs at least 3 patients" in done.stdout for name in small)
+        split = "a patient split (test, validation, training) needs at least 3 patients"
+        assert all(f"{name}.tsv: {split}" in done.stdout for name in small)
         return
     assert done.returncode == 0, done.stdout[-5000:]
     jobs = planned_jobs(done.stdout)

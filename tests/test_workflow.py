@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,24 +25,15 @@ from bitro.preprocess.cells import read_cells
 from bitro.preprocess.crops import read_crops
 from bitro.preprocess.targets import make_targets
 from bitro.preprocess.units import read_units
+from conftest import REPO, SNAKEFILE, SNAKEMAKE, job_counts, run_snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-SNAKEFILE = ROOT / "workflow" / "Snakefile"
+ROOT = REPO
 #: The small demo's ST training budget: a few epochs of its one training section, checked every epoch.
 KILL_TEST_STEPS = 12
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(SNAKEMAKE), "--snakefile", str(SNAKEFILE), "--cores", "2", *args],
-        cwd=workdir,
-        env={**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ.get('PATH', '')}"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
+    return run_snakemake(workdir, *args, cores=2, timeout=timeout)
 
 
 def write_project(workdir: Path, config: dict, sheets: dict[str, str]) -> Path:
@@ -57,11 +47,7 @@ def write_project(workdir: Path, config: dict, sheets: dict[str, str]) -> Path:
 def test_demo_dag_has_one_units_and_targets_job_per_sample() -> None:
     done = snakemake(ROOT, "--dry-run", "--forceall", "--quiet", "rules")
     assert done.returncode == 0, done.stdout
-    counts = {}
-    for line in done.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
+    counts = job_counts(done.stdout)
     n_samples = sum(
         len((ROOT / "config" / "samples" / f"demo_{c}.tsv").read_text().strip().splitlines()) - 1
         for c in ("st", "bulk", "xenium")
@@ -76,11 +62,7 @@ def test_each_cohort_is_a_target_of_its_own() -> None:
     """`snakemake <cohort>` plans that cohort's folds and nothing of the other cohorts'."""
     done = snakemake(ROOT, "demo_bulk", "--dry-run", "--forceall", "--quiet", "rules")
     assert done.returncode == 0, done.stdout
-    counts = {}
-    for line in done.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
+    counts = job_counts(done.stdout)
     bulk_slides = len((ROOT / "config" / "samples" / "demo_bulk.tsv").read_text().strip().splitlines()) - 1
     assert counts["demo_bulk"] == 1 and counts["train"] == counts["predict"] == counts["baselines"] == 1
     assert counts["embed"] == bulk_slides and "transfer_finetune" not in counts
@@ -343,6 +325,7 @@ def test_xenium_bundle_files_with_run_prefixes_are_inputs(tmp_path: Path) -> Non
     bundle = tmp_path / "xen" / "Rep1"
     bundle.mkdir(parents=True)
     for name in (
+        "experiment.xenium",
         "cells.parquet",
         "cell_feature_matrix.h5",
         "Run_X_he_image.ome.tif",
@@ -352,6 +335,34 @@ def test_xenium_bundle_files_with_run_prefixes_are_inputs(tmp_path: Path) -> Non
     done = snakemake(tmp_path, "--dry-run", "--printshellcmds")
     assert done.returncode == 0, done.stdout
     assert "Run_X_he_imagealignment.csv" in done.stdout and "Run_X_he_image.ome.tif" in done.stdout
+    assert "xen/Rep1/experiment.xenium" in done.stdout
+
+
+def test_a_xenium_bundle_without_its_experiment_file_is_named_at_dag_build(tmp_path: Path) -> None:
+    """The Xenium reader needs experiment.xenium (the morphology pixel size): a dry run already names it."""
+    config = {"cohorts": {"x": {"level": "xenium", "format": "xenium", "root": "xen", "samples": "s.tsv"}}}
+    write_project(tmp_path, config, {"s.tsv": "sample_id\tpatient_id\nRep1\tP\n"})
+    bundle = tmp_path / "xen" / "Rep1"
+    bundle.mkdir(parents=True)
+    for name in ("cells.parquet", "cell_feature_matrix.h5", "he_image.ome.tif", "he_imagealignment.csv"):
+        (bundle / name).write_text("")
+    done = snakemake(tmp_path, "--dry-run")
+    assert done.returncode != 0
+    assert "Missing input files" in done.stdout and "xen/Rep1/experiment.xenium" in done.stdout, done.stdout
+
+
+def test_a_hest_slide_of_any_accepted_suffix_goes_through_the_dag(tmp_path: Path) -> None:
+    """bitro.io reads wsis/{id}.svs (or .tiff, .ndpi, .btf) when there is no .tif: the workflow does too."""
+    hest_project(tmp_path, {})
+    (tmp_path / "hest" / "wsis" / "TENX2.tif").rename(tmp_path / "hest" / "wsis" / "TENX2.svs")
+    done = snakemake(tmp_path, "--dry-run", "--printshellcmds")
+    assert done.returncode == 0, done.stdout
+    tissue = [block for block in done.stdout.split("\nrule ") if block.startswith("tissue:")]
+    inputs = {
+        line.strip() for block in tissue for line in block.splitlines() if line.strip().startswith("input:")
+    }
+    assert any("hest/wsis/TENX2.svs" in line for line in inputs), inputs
+    assert not any("TENX2.tif" in line for line in inputs), inputs
 
 
 def hest_project(workdir: Path, extra: dict) -> Path:

@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 from bitro._hashing import file_sha256, files_sha256
 from bitro.errors import BitroError, InputError
+from bitro.layout import FORMAT_LEVELS, hest_segmentations, sample_files
 
 Status = Literal["ok", "warn", "fail", "skip"]
 STATUSES: tuple[Status, ...] = ("ok", "warn", "fail", "skip")
@@ -723,58 +724,12 @@ def _parse_mpp(raw: str) -> tuple[float | None, str]:
 
 
 def layout_files(fmt: str, root: Path, sample: str) -> tuple[list[tuple[str, Path]], Path | None]:
-    """The files a sample of layout ``fmt`` is read from, as (what, path), and its slide (or ``None``).
+    """The files a sample of layout ``fmt`` is read from, as (what, path), and its slide.
 
-    A file that is absent is given with the name the layout expects.
+    A file that is absent is given with the name the layout expects (:func:`bitro.layout.sample_files`).
     """
-    if fmt == "hest":
-        from bitro.io.hest import _SLIDE_SUFFIXES
-
-        slides = [root / "wsis" / f"{sample}{s}" for s in _SLIDE_SUFFIXES]
-        slide = next((p for p in slides if p.is_file()), slides[0])
-        files = [
-            ("HEST spot expression (.h5ad)", root / "st" / f"{sample}.h5ad"),
-            ("HEST metadata JSON", root / "metadata" / f"{sample}.json"),
-            ("HEST whole-slide image", slide),
-        ]
-        return files, slide
-    if fmt == "tcga":
-        from bitro.io.tcga import SLIDE_SUFFIXES
-
-        folder = root / "slides"
-        prefix = sample.upper() + "."
-        found = sorted(
-            p
-            for p in (folder.iterdir() if folder.is_dir() else [])
-            if p.name.upper().startswith(prefix) and p.suffix.lower() in SLIDE_SUFFIXES
-        )
-        slide = found[0] if found else folder / f"{sample}.<uuid>.svs"
-        files = [
-            ("TCGA TPM table", root / "expression" / "tpm.tsv"),
-            ("TCGA gene map", root / "expression" / "gene_map.tsv"),
-            ("TCGA diagnostic slide", slide),
-        ]
-        return files, slide
-    if fmt == "xenium":
-        bundle = root / sample if (root / sample).is_dir() else root
-        image = _first(bundle, "he_image.ome.tif", "*he_image*.tif*")
-        files = [
-            ("Xenium experiment file", bundle / "experiment.xenium"),
-            ("Xenium cell table", bundle / "cells.parquet"),
-            ("Xenium cell feature matrix", bundle / "cell_feature_matrix.h5"),
-            ("registered H&E image", image),
-            ("H&E alignment", _first(bundle, "he_imagealignment.csv", "*imagealignment.csv")),
-        ]
-        return files, image
-    raise ValueError(f"unknown format {fmt!r}")
-
-
-def _first(folder: Path, name: str, pattern: str) -> Path:
-    """``folder/name``, else the first file matching ``pattern``, else ``folder/name`` (absent)."""
-    if (folder / name).is_file():
-        return folder / name
-    matches = sorted(p for p in folder.glob(pattern) if p.is_file()) if folder.is_dir() else []
-    return matches[0] if matches else folder / name
+    layout = sample_files(fmt, root, sample)
+    return [(file.what, file.path) for file in layout.files], layout.slide
 
 
 def probe_slide(path: Path) -> str:
@@ -850,8 +805,7 @@ def _segmentation_problems(ctx: CohortContext, sample: str, subject: str) -> lis
             [] if ok else [Result("slides", subject, "fail", f"{path}: precomputed segmentation not found")]
         )
     if ctx.fmt == "hest":
-        base = ctx.root / "cellvit_seg" / f"{sample}_cellvit_seg"
-        names = [base.with_name(base.name + s) for s in (".parquet", ".geojson", ".geojson.zip")]
+        names = hest_segmentations(ctx.root, sample)
         if not any(p.is_file() for p in names):
             return [
                 Result(
@@ -884,9 +838,7 @@ def segmentation_file(ctx: CohortContext, sample: str) -> Path | None:
         path = Path(str(pattern).format(sample=sample))
         return path if path.is_file() else None
     if ctx.fmt == "hest":
-        base = ctx.root / "cellvit_seg" / f"{sample}_cellvit_seg"
-        names = [base.with_name(base.name + s) for s in (".parquet", ".geojson", ".geojson.zip")]
-        return next((p for p in names if p.is_file()), None)
+        return next((p for p in hest_segmentations(ctx.root, sample) if p.is_file()), None)
     return None
 
 
@@ -1085,39 +1037,61 @@ def sheet_patients(path: Path) -> tuple[list[str], list[str] | None]:
     return samples, [p.strip() or s for s, p in zip(samples, sheet["patient_id"], strict=True)]
 
 
-def check_protocol(
-    ctx: CohortContext, cohort: Mapping[str, Any], config: Mapping[str, Any], sheet_path: Path
-) -> list[Result]:
-    """What the cohort as a whole must offer: a sheet that agrees with the TCGA barcodes, enough samples
-    or patients for its split, and as many genes as ``genes.n_genes`` asks for."""
+def cohort_level(cohort: Mapping[str, Any]) -> str:
+    """The level of a cohort: its ``level``, else the level its ``format`` measures."""
+    return str(cohort.get("level") or FORMAT_LEVELS.get(str(cohort.get("format")), "xenium"))
+
+
+def sheet_problems(sheet_path: Path, cohort: Mapping[str, Any], evaluation: Mapping[str, Any]) -> list[str]:
+    """What makes a cohort unusable, known from its sample sheet alone, one message per problem, each
+    naming the sheet: patient ids that contradict the TCGA barcodes (a patient's slides on both sides of a
+    split), and too few samples or patients for the cohort's split.
+
+    The workflow calls it when it is parsed (so that a dry run already stops), ``bitro doctor`` in its
+    ``cohort`` check.
+
+    Raises
+    ------
+    OSError, pandas.errors.ParserError, KeyError
+        The sheet cannot be read or has no ``sample_id`` column.
+    """
     from bitro.evaluate.splits import split_shortfall
-    from bitro.genes.selection import excluded_genes
     from bitro.io.tcga import barcode_contradictions
 
-    try:
-        samples, patients = sheet_patients(sheet_path)
-    except Exception:
-        return []  # the sheet's own problems are reported by the slides check
-    results = []
-    if ctx.fmt == "tcga" and patients is not None:
+    samples, patients = sheet_patients(sheet_path)
+    problems = []
+    if cohort.get("format") == "tcga" and patients is not None:
         contradiction = barcode_contradictions(samples, patients)
         if contradiction:
-            results.append(Result("cohort", ctx.name, "fail", f"{sheet_path}: {contradiction}"))
-    evaluation = _section(config, "evaluation")
-    group_by = str(cohort.get("group_by") or evaluation.get("st_group_by", "patient"))
-    level = str(cohort.get("level") or {"hest": "st", "tcga": "bulk"}.get(ctx.fmt, "xenium"))
+            problems.append(f"{sheet_path}: {contradiction}")
     shortfall = split_shortfall(
-        level,
+        cohort_level(cohort),
         samples,
         patients,
-        group_by=group_by,
+        group_by=str(cohort.get("group_by") or evaluation.get("st_group_by", "patient")),
         bulk_folds=int(evaluation.get("bulk_folds", 1)),
         n_strips=int(evaluation.get("xenium_strips", 5)),
     )
     if shortfall:
         hint = " (or evaluation.st_group_by: sample)" if "group_by: patient" in shortfall else ""
-        text = f"{sheet_path}: {shortfall}: add samples{hint} or leave the cohort out"
-        results.append(Result("cohort", ctx.name, "fail", text))
+        problems.append(f"{sheet_path}: {shortfall}: add samples{hint} or leave the cohort out")
+    return problems
+
+
+def check_protocol(
+    ctx: CohortContext, cohort: Mapping[str, Any], config: Mapping[str, Any], sheet_path: Path
+) -> list[Result]:
+    """What the cohort as a whole must offer: a sheet that agrees with the TCGA barcodes, enough samples
+    or patients for its split (:func:`sheet_problems`), and as many genes as ``genes.n_genes`` asks for."""
+    from bitro.genes.selection import excluded_genes
+
+    try:
+        samples, _ = sheet_patients(sheet_path)
+        problems = sheet_problems(sheet_path, cohort, _section(config, "evaluation"))
+    except Exception:
+        return []  # the sheet's own problems are reported by the slides check
+    results = [Result("cohort", ctx.name, "fail", text) for text in problems]
+    level = cohort_level(cohort)
     genes = _section(config, "genes")
     n_genes = genes.get("n_genes")
     if n_genes is not None and not genes.get("up_to") and not cohort.get("gene_list") and ctx.genes:

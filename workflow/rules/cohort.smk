@@ -6,7 +6,7 @@ rule genes:
         targets=cohort_targets,
         gene_list=gene_list_input,
     output:
-        COHORT_DIR / "genes.txt",
+        COHORT_DIR / CohortFile.GENES,
     log:
         LOGS / "genes" / "{cohort}.log",
     conda:
@@ -33,7 +33,7 @@ rule folds:
         sheet=lambda wc: COHORTS[wc.cohort]["samples"],
         cells=fold_cells_inputs,
     output:
-        COHORT_DIR / "folds.json",
+        COHORT_DIR / CohortFile.FOLDS,
     log:
         LOGS / "folds" / "{cohort}.log",
     conda:
@@ -60,10 +60,10 @@ rule folds:
 
 rule cohort_pca:
     input:
-        folds=COHORT_DIR / "folds.json",
-        embeddings=cohort_sample_files("embeddings.npy"),
+        folds=COHORT_DIR / CohortFile.FOLDS,
+        embeddings=cohort_sample_files(SampleFile.EMBEDDINGS),
     output:
-        FOLD_DIR / "pca.npz",
+        FOLD_DIR / FoldFile.PCA,
     log:
         LOGS / "cohort_pca" / "{cohort}" / "{fold}.log",
     conda:
@@ -86,7 +86,7 @@ rule phenotypes:
     input:
         unpack(phenotype_inputs),
     output:
-        FOLD_DIR / "phenotypes_{scope}.npz",
+        FOLD_DIR / FoldFile.phenotypes(),
     log:
         LOGS / "phenotypes" / "{cohort}" / "{fold}_{scope}.log",
     conda:

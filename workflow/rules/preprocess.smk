@@ -6,8 +6,8 @@ rule tissue:
         unpack(sample_inputs),
         doctor=doctor_stamp,
     output:
-        mask=SAMPLE_DIR / "tissue.npz",
-        geojson=SAMPLE_DIR / "tissue.geojson",
+        mask=SAMPLE_DIR / SampleFile.TISSUE,
+        geojson=SAMPLE_DIR / SampleFile.TISSUE_GEOJSON,
     log:
         LOGS / "tissue" / "{cohort}" / "{sample}.log",
     conda:
@@ -27,9 +27,9 @@ rule tissue:
 rule units:
     input:
         unpack(sample_inputs),
-        tissue=SAMPLE_DIR / "tissue.npz",
+        tissue=SAMPLE_DIR / SampleFile.TISSUE,
     output:
-        SAMPLE_DIR / "units.parquet",
+        SAMPLE_DIR / SampleFile.UNITS,
     log:
         LOGS / "units" / "{cohort}" / "{sample}.log",
     conda:
@@ -69,10 +69,10 @@ if not STAIN_TARGET_IS_REFERENCE:
 rule stain:
     input:
         unpack(sample_inputs),
-        tissue=SAMPLE_DIR / "tissue.npz",
+        tissue=SAMPLE_DIR / SampleFile.TISSUE,
         reference=STAIN_REFERENCE,
     output:
-        SAMPLE_DIR / "stain.json",
+        SAMPLE_DIR / SampleFile.STAIN,
     log:
         LOGS / "stain" / "{cohort}" / "{sample}.log",
     benchmark:
@@ -100,7 +100,7 @@ rule cellvit_script:
         doctor=doctor_stamp,
         model=CELLVIT_MODEL,
     output:
-        SAMPLE_DIR / "cellvit" / "run.sh",
+        SAMPLE_DIR / SampleFile.CELLVIT_SCRIPT,
     log:
         LOGS / "cellvit_script" / "{cohort}" / "{sample}.log",
     conda:
@@ -111,7 +111,7 @@ rule cellvit_script:
         runtime=10,
     params:
         sample=sample_args,
-        outdir=lambda wc: sample_dir(wc.cohort, wc.sample) / "cellvit" / "output",
+        outdir=lambda wc: sample_dir(wc.cohort, wc.sample) / SampleFile.CELLVIT_OUTPUT,
         taxonomy=CELLVIT["taxonomy"],
         batch=CELLVIT["batch_size"],
     shell:
@@ -122,9 +122,9 @@ rule cellvit_script:
 rule segment_cellvit:
     input:
         unpack(sample_inputs),
-        script=SAMPLE_DIR / "cellvit" / "run.sh",
+        script=SAMPLE_DIR / SampleFile.CELLVIT_SCRIPT,
     output:
-        directory(SAMPLE_DIR / "cellvit" / "output"),
+        directory(SAMPLE_DIR / SampleFile.CELLVIT_OUTPUT),
     log:
         LOGS / "segment_cellvit" / "{cohort}" / "{sample}.log",
     benchmark:
@@ -168,10 +168,10 @@ rule cells:
 rule crops:
     input:
         unpack(sample_inputs),
-        cells=SAMPLE_DIR / "cells.parquet",
-        stain=SAMPLE_DIR / "stain.json",
+        cells=SAMPLE_DIR / SampleFile.CELLS,
+        stain=SAMPLE_DIR / SampleFile.STAIN,
     output:
-        directory(SAMPLE_DIR / "crops.zarr"),
+        directory(SAMPLE_DIR / SampleFile.CROPS),
     log:
         LOGS / "crops" / "{cohort}" / "{sample}.log",
     benchmark:

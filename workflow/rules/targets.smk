@@ -4,9 +4,9 @@
 rule targets:
     input:
         unpack(sample_inputs),
-        units=SAMPLE_DIR / "units.parquet",
+        units=SAMPLE_DIR / SampleFile.UNITS,
     output:
-        SAMPLE_DIR / "targets.h5ad",
+        SAMPLE_DIR / SampleFile.TARGETS,
     log:
         LOGS / "targets" / "{cohort}" / "{sample}.log",
     conda:
