@@ -35,6 +35,15 @@ from typing import Final
 #: The input layouts (the config's ``format``) and the level each one measures.
 FORMAT_LEVELS: Final[dict[str, str]] = {"hest": "st", "tcga": "bulk", "xenium": "xenium"}
 
+#: The folders of a HEST-1k root: spot expression, slides, metadata, CellViT segmentations.
+HEST_EXPRESSION_DIR: Final = "st"
+HEST_SLIDE_DIR: Final = "wsis"
+HEST_METADATA_DIR: Final = "metadata"
+HEST_SEGMENTATION_DIR: Final = "cellvit_seg"
+#: The folders of a TCGA cohort's root: the RNA-seq tables and the diagnostic slides.
+TCGA_EXPRESSION_DIR: Final = "expression"
+TCGA_SLIDE_DIR: Final = "slides"
+
 #: Slide suffixes a HEST sample's ``wsis/{id}`` may have, in the order they are looked for.
 HEST_SLIDE_SUFFIXES: Final = (".tif", ".tiff", ".svs", ".ndpi", ".btf")
 #: Slide suffixes of the files in a TCGA cohort's ``slides/``.
@@ -84,17 +93,17 @@ class SampleLayout:
 
 def hest_expression(root: Path, sample: str) -> Path:
     """Return the spots × genes counts of a HEST sample: ``st/{id}.h5ad``."""
-    return Path(root) / "st" / f"{sample}.h5ad"
+    return Path(root) / HEST_EXPRESSION_DIR / f"{sample}.h5ad"
 
 
 def hest_metadata(root: Path, sample: str) -> Path:
     """Return the metadata JSON of a HEST sample: ``metadata/{id}.json``."""
-    return Path(root) / "metadata" / f"{sample}.json"
+    return Path(root) / HEST_METADATA_DIR / f"{sample}.json"
 
 
 def hest_slides(root: Path, sample: str) -> list[Path]:
     """Return every path a HEST sample's slide may have, ``wsis/{id}.tif`` first."""
-    return [Path(root) / "wsis" / f"{sample}{suffix}" for suffix in HEST_SLIDE_SUFFIXES]
+    return [Path(root) / HEST_SLIDE_DIR / f"{sample}{suffix}" for suffix in HEST_SLIDE_SUFFIXES]
 
 
 def hest_slide(root: Path, sample: str) -> Path:
@@ -106,9 +115,8 @@ def hest_slide(root: Path, sample: str) -> Path:
 
 def hest_segmentations(root: Path, sample: str) -> list[Path]:
     """Return the paths a HEST sample's CellViT segmentation may have, GeoParquet first."""
-    return [
-        Path(root) / "cellvit_seg" / f"{sample}_cellvit_seg{suffix}" for suffix in HEST_SEGMENTATION_SUFFIXES
-    ]
+    folder = Path(root) / HEST_SEGMENTATION_DIR
+    return [folder / f"{sample}_cellvit_seg{suffix}" for suffix in HEST_SEGMENTATION_SUFFIXES]
 
 
 def hest_files(root: Path, sample: str) -> SampleLayout:
@@ -124,12 +132,13 @@ def hest_files(root: Path, sample: str) -> SampleLayout:
 
 def tcga_slides_dir(root: Path) -> Path:
     """Return the folder of a TCGA cohort's diagnostic slides: ``slides/``."""
-    return Path(root) / "slides"
+    return Path(root) / TCGA_SLIDE_DIR
 
 
 def tcga_expression(root: Path) -> tuple[Path, Path]:
     """Return a TCGA cohort's TPM table and gene map: ``expression/tpm.tsv``, ``expression/gene_map.tsv``."""
-    return Path(root) / "expression" / "tpm.tsv", Path(root) / "expression" / "gene_map.tsv"
+    folder = Path(root) / TCGA_EXPRESSION_DIR
+    return folder / "tpm.tsv", folder / "gene_map.tsv"
 
 
 def is_tcga_slide(path: Path) -> bool:

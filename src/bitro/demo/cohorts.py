@@ -44,6 +44,26 @@ from bitro.demo.tissue import (
     generate_cells,
     jitter_section_params,
 )
+from bitro.layout import (
+    HEST_EXPRESSION_DIR,
+    HEST_METADATA_DIR,
+    HEST_SEGMENTATION_DIR,
+    HEST_SLIDE_DIR,
+    TCGA_EXPRESSION_DIR,
+    XENIUM_ALIGNMENT,
+    XENIUM_CELL_BOUNDARIES,
+    XENIUM_CELLS,
+    XENIUM_EXPERIMENT,
+    XENIUM_HE_IMAGE,
+    XENIUM_MATRIX,
+    XENIUM_NUCLEUS_BOUNDARIES,
+    hest_expression,
+    hest_metadata,
+    hest_segmentations,
+    hest_slides,
+    tcga_expression,
+    tcga_slides_dir,
+)
 
 SPOT_DIAMETER_UM = 55.0
 SPOT_PITCH_UM = 100.0
@@ -283,7 +303,7 @@ def _write_hest(
     patients: dict[str, tuple[TissueParams, dict[str, float]]],
     params: dict[str, Any],
 ) -> None:
-    for d in ("st", "metadata", "cellvit_seg", "truth"):
+    for d in (HEST_EXPRESSION_DIR, HEST_METADATA_DIR, HEST_SEGMENTATION_DIR, "truth"):
         (root / d).mkdir(parents=True, exist_ok=True)
     for i, sid in enumerate(demo_sample_ids(cfg)["hest"]):
         res = results[sid]
@@ -330,7 +350,7 @@ def _write_hest(
             var=pd.DataFrame({"gene_ids": model.ids}, index=pd.Index(model.symbols)),
             obsm={"spatial": np.c_[sx, sy].astype(np.float64)},
         )
-        adata.write_h5ad(root / "st" / f"{sid}.h5ad")
+        adata.write_h5ad(hest_expression(root, sid))
         meta = {
             "pixel_size_um_estimated": mpp,
             "pixel_size_um_embedded": mpp,
@@ -349,13 +369,10 @@ def _write_hest(
             "spots_under_tissue": int(in_tissue.sum()),
             "nb_genes": model.n_genes,
         }
-        (root / "metadata" / f"{sid}.json").write_text(json.dumps(meta, indent=2))
+        hest_metadata(root, sid).write_text(json.dumps(meta, indent=2))
         seg = simulate_cellvit(np.random.default_rng([cfg.seed, 80, 1, i]), res.cells, mpp)
-        write_cellvit(
-            seg,
-            root / "cellvit_seg" / f"{sid}_cellvit_seg.parquet",
-            root / "cellvit_seg" / f"{sid}_cellvit_seg.geojson",
-        )
+        parquet, geojson, _ = hest_segmentations(root, sid)
+        write_cellvit(seg, parquet, geojson)
         _write_truth(root / "truth", sid, res, model, counts, {"thinned": thinned}, spot_names.astype(object))
         params["slides"][sid] = _slide_params(res) | {"capture_efficiency": capture}
     _write_params(root, cfg, model, params)
@@ -395,7 +412,7 @@ def _write_tcga(
     patients: dict[str, tuple[TissueParams, dict[str, float]]],
     params: dict[str, Any],
 ) -> None:
-    for d in ("expression", "truth"):
+    for d in (TCGA_EXPRESSION_DIR, "truth"):
         (root / d).mkdir(parents=True, exist_ok=True)
     bulk: dict[str, np.ndarray] = {}
     k = 0
@@ -415,8 +432,9 @@ def _write_tcga(
     t = tpm(counts, model.lengths)
     df = pd.DataFrame(t, columns=list(bulk.keys()))
     df.insert(0, "gene_id", model.ids)
-    df.to_csv(root / "expression" / "tpm.tsv", sep="\t", index=False, float_format="%.6g")
-    model.gene_table().to_csv(root / "expression" / "gene_map.tsv", sep="\t", index=False)
+    tpm_path, gene_map_path = tcga_expression(root)
+    df.to_csv(tpm_path, sep="\t", index=False, float_format="%.6g")
+    model.gene_table().to_csv(gene_map_path, sep="\t", index=False)
     _write_params(root, cfg, model, params)
 
 
@@ -461,7 +479,7 @@ def _write_xenium(
     n = len(res.cells)
     neg = rng.poisson(0.02, (n, cfg.xenium_n_negative)).astype(np.int32)
     m = _xenium_alignment(rng, res.width_px, res.height_px, mpp)
-    np.savetxt(root / "he_imagealignment.csv", m, delimiter=",", fmt="%.10g")
+    np.savetxt(root / XENIUM_ALIGNMENT, m, delimiter=",", fmt="%.10g")
 
     def to_um(x_px: np.ndarray, y_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mx = m[0, 0] * x_px + m[0, 1] * y_px + m[0, 2]
@@ -486,7 +504,7 @@ def _write_xenium(
             "nucleus_area": nuc_area.astype(np.float64),
         }
     )
-    cells_df.to_parquet(root / "cells.parquet", index=False)
+    cells_df.to_parquet(root / XENIUM_CELLS, index=False)
     # boundaries: 12 vertices + the first repeated, as Xenium writes them
     nv = 12
     nuc = nucleus_outline(res.cells, n_vertices=nv, scale=1.0 / mpp)
@@ -496,7 +514,7 @@ def _write_xenium(
     v = c.cyto_minor[:, None] * np.sin(phi)
     ct, st = np.cos(c.theta)[:, None], np.sin(c.theta)[:, None]
     cyto = np.stack([(c.x[:, None] + ct * u - st * v) / mpp, (c.y[:, None] + st * u + ct * v) / mpp], -1)
-    for name, verts in (("cell_boundaries.parquet", cyto), ("nucleus_boundaries.parquet", nuc)):
+    for name, verts in ((XENIUM_CELL_BOUNDARIES, cyto), (XENIUM_NUCLEUS_BOUNDARIES, nuc)):
         closed = np.concatenate([verts, verts[:, :1]], axis=1)
         bx, by = to_um(closed[..., 0], closed[..., 1])
         pd.DataFrame(
@@ -517,7 +535,7 @@ def _write_xenium(
     mat = sp.csr_matrix(
         np.concatenate([detected[:, panel], neg], axis=1).astype(np.int32)
     )  # cells × features
-    with h5py.File(root / "cell_feature_matrix.h5", "w") as f:
+    with h5py.File(root / XENIUM_MATRIX, "w") as f:
         g = f.create_group("matrix")
         g.create_dataset("barcodes", data=np.array(cids.tolist(), dtype="S"))
         g.create_dataset("data", data=mat.data.astype(np.uint32))
@@ -540,7 +558,7 @@ def _write_xenium(
         "panel_num_targets_custom": 0,
         "analysis_sw_version": "xenium-2.0.0.10",
     }
-    (root / "experiment.xenium").write_text(json.dumps(exp, indent=2))
+    (root / XENIUM_EXPERIMENT).write_text(json.dumps(exp, indent=2))
     _write_truth(root / "truth", sid, res, model, counts, {"detected": detected})
     params["slides"][sid] = _slide_params(res) | {
         "alignment": m.tolist(),
@@ -586,7 +604,7 @@ def generate_demo(
         model = build_expression_model(np.random.default_rng([cfg.seed, 50]), cfg.n_genes, cfg.cell_library)
         jobs: list[SlideJob] = []
         hest_pat: dict[str, tuple[TissueParams, dict[str, float]]] = {}
-        (tmp / "hest" / "wsis").mkdir(parents=True)
+        (tmp / "hest" / HEST_SLIDE_DIR).mkdir(parents=True)
         for p in range(cfg.n_hest_patients):
             name = f"P{p + 1}"
             prng = np.random.default_rng([cfg.seed, 10, p])
@@ -595,11 +613,11 @@ def generate_demo(
             pname = f"P{i // cfg.hest_sections_per_patient + 1}"
             sparams = jitter_section_params(np.random.default_rng([cfg.seed, 11, i]), hest_pat[pname][0])
             w, h = cfg.st_size_um
-            tif = tmp / "hest" / "wsis" / f"{sid}.tif"
+            tif = hest_slides(tmp / "hest", sid)[0]
             jobs.append(
                 SlideJob(sid, "hest", pname, w, h, sparams, [cfg.seed, 1, i], tif, cfg.mpp, cfg.jpeg_quality)
             )
-        (tmp / "tcga" / "slides").mkdir(parents=True)
+        tcga_slides_dir(tmp / "tcga").mkdir(parents=True)
         tcga_pat: dict[str, tuple[TissueParams, dict[str, float]]] = {}
         k = 0
         for p, (pat, slides) in enumerate(_tcga_layout(cfg)):
@@ -610,7 +628,7 @@ def generate_demo(
                 sparams = jitter_section_params(srng, tcga_pat[pat][0])
                 uid = uuid.UUID(bytes=srng.bytes(16), version=4)
                 w, h = cfg.bulk_size_um
-                tif = tmp / "tcga" / "slides" / f"{sid}.{uid}.tif"
+                tif = tcga_slides_dir(tmp / "tcga") / f"{sid}.{uid}.tif"
                 jobs.append(
                     SlideJob(
                         sid, "tcga", pat, w, h, sparams, [cfg.seed, 2, k], tif, cfg.mpp, cfg.jpeg_quality
@@ -624,7 +642,7 @@ def generate_demo(
             xp = draw_patient_params(prng)
             xen_eff[sid] = _patient_effects(prng)
             w, h = cfg.xenium_size_um
-            tif = tmp / "xenium" / sid / "he_image.ome.tif"
+            tif = tmp / "xenium" / sid / XENIUM_HE_IMAGE
             jobs.append(
                 SlideJob(
                     sid, "xenium", f"X{i + 1}", w, h, xp, [cfg.seed, 3, i], tif, cfg.mpp, cfg.jpeg_quality
