@@ -18,6 +18,7 @@ from bitro import doctor
 from bitro.cli import main
 from bitro.commands.doctor import STAMP
 from bitro.doctor import Result, check_gpu, check_versions, check_weights, encoder_spec, run_doctor
+from conftest import run_snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -339,15 +340,7 @@ def test_cli_reads_the_config_the_workflow_passes(tmp_path: Path, capsys: pytest
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(SNAKEMAKE), "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--cores", "1", *args],
-        cwd=workdir,
-        env={**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ.get('PATH', '')}"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
+    return run_snakemake(workdir, *args, timeout=timeout)
 
 
 PER_SAMPLE = ("tissue", "units", "stain", "cells", "crops", "targets", "embed", "reduce", "graph")
@@ -356,7 +349,7 @@ PER_SAMPLE = ("tissue", "units", "stain", "cells", "crops", "targets", "embed", 
 def dry_run_jobs(text: str) -> list[dict]:
     """The jobs of a dry run: rule, input and output files, wildcards."""
     jobs = []
-    for block in re.split(r"^rule ", text, flags=re.MULTILINE)[1:]:
+    for block in re.split(r"^(?:local)?rule ", text, flags=re.MULTILINE)[1:]:
         job = {"rule": block.split(":", 1)[0], "input": [], "output": [], "wildcards": {}}
         for line in block.splitlines()[1:]:
             key, _, value = line.strip().partition(": ")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -132,6 +133,42 @@ def test_real_layout_inputs_are_the_sample_files(tmp_path: Path) -> None:
     assert "hest/st/TENX1.h5ad" in done.stdout and "generate_demo" not in done.stdout
 
 
+#: Rules that only gather other rules' tables or files: run on the submitting node, no benchmark.
+AGGREGATIONS = {"cohort_metrics", "transfer_metrics", "demo_summary", "ablation_metrics", "ablations"}
+
+
+def test_every_rule_that_does_work_is_benchmarked() -> None:
+    done = snakemake(ROOT, "--dry-run", "--forceall", "--printshellcmds", "all", "ablations")
+    assert done.returncode == 0, done.stdout[-3000:]
+    jobs = re.split(r"^(?:local)?rule ", done.stdout, flags=re.MULTILINE)[1:]
+    blocks = [job.split("\n\n")[0] for job in jobs]
+    working = {b.split(":", 1)[0] for b in blocks if re.search(r"Shell command: (?!None)", b)} - AGGREGATIONS
+    unbenchmarked = {b.split(":", 1)[0] for b in blocks if "benchmark: " not in b} & working
+    assert working >= {"tissue", "train", "predict", "plot_demo_st", "train_ablation"}
+    assert not unbenchmarked
+
+
+@pytest.mark.parametrize("keep", [None, False, True])
+def test_crops_are_temporary_unless_kept(tmp_path: Path, keep: bool | None) -> None:
+    """crops.zarr, the largest per-sample file, is removed once embedded unless crops.keep says otherwise."""
+    config = {"cohorts": {"c1": {"level": "st", "format": "hest", "root": "hest", "samples": "s.tsv"}}}
+    if keep is not None:
+        config["crops"] = {"keep": keep}
+    write_project(tmp_path, config, {"s.tsv": "sample_id\tpatient_id\nA\tP1\nB\tP2\n"})
+    (tmp_path / "Snakefile").write_text(
+        'configfile: "config/config.yaml"\n\n'
+        f'include: "{ROOT / "workflow" / "rules" / "common.smk"}"\n\n'
+        "from snakemake.io import is_flagged\n\n"
+        'print("crops", crops_output(), "temporary" if is_flagged(crops_output(), "temp") else "kept")\n\n'
+        "rule all:\n"
+        "    default_target: True\n"
+    )
+    done = run_snakemake(tmp_path, "--dry-run", snakefile=None)
+    assert done.returncode == 0, done.stdout[-3000:]
+    expected = "kept" if keep else "temporary"
+    assert f"crops results/{{cohort}}/samples/{{sample}}/crops.zarr {expected}" in done.stdout, done.stdout
+
+
 def test_lint_and_format_are_clean() -> None:
     lint = snakemake(ROOT, "--lint")
     assert lint.returncode == 0 and "Lints for" not in lint.stdout, lint.stdout
@@ -163,6 +200,7 @@ def small_demo_project(workdir: Path) -> dict[str, list[str]]:
                 "batch_bags": 16,
             },
             "baselines": {"mlp_epochs": 2},
+            "crops": {"keep": True},  # read back below
         },
     )
 

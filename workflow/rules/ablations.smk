@@ -47,6 +47,8 @@ rule predict_ablation:
         cells=ABLATION_DIR / "{fold}" / FoldFile.CELL_PREDICTIONS,
     log:
         LOGS / "predict_ablation" / "{variant}" / "{cohort}" / "{fold}.log",
+    benchmark:
+        BENCHMARKS / "predict_ablation" / "{variant}" / "{cohort}" / "{fold}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 2
@@ -76,6 +78,7 @@ rule ablation_metrics:
         ABLATION_DIR / CohortFile.METRICS,
     log:
         LOGS / "ablation_metrics" / "{variant}" / "{cohort}.log",
+    localrule: True
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -95,6 +98,7 @@ rule ablations:
         long=layout.ablations_dir() / layout.ABLATION_TABLE_LONG,
     log:
         LOGS / "ablations.log",
+    localrule: True
     conda:
         "../../envs/bitro.yaml"
     threads: 1

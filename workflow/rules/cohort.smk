@@ -9,6 +9,8 @@ rule genes:
         COHORT_DIR / CohortFile.GENES,
     log:
         LOGS / "genes" / "{cohort}.log",
+    benchmark:
+        BENCHMARKS / "genes" / "{cohort}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -36,6 +38,8 @@ rule folds:
         COHORT_DIR / CohortFile.FOLDS,
     log:
         LOGS / "folds" / "{cohort}.log",
+    benchmark:
+        BENCHMARKS / "folds" / "{cohort}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -66,6 +70,8 @@ rule cohort_pca:
         FOLD_DIR / FoldFile.PCA,
     log:
         LOGS / "cohort_pca" / "{cohort}" / "{fold}.log",
+    benchmark:
+        BENCHMARKS / "cohort_pca" / "{cohort}" / "{fold}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -89,6 +95,8 @@ rule phenotypes:
         FOLD_DIR / FoldFile.phenotypes(),
     log:
         LOGS / "phenotypes" / "{cohort}" / "{fold}_{scope}.log",
+    benchmark:
+        BENCHMARKS / "phenotypes" / "{cohort}" / "{fold}_{scope}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1

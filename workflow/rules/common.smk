@@ -160,6 +160,12 @@ def geojson_arg(wildcards, output):
     return f"--geojson {output.geojson}" if CELLS_GEOJSON else ""
 
 
+def crops_output():
+    """crops.zarr: temporary (only the embed rule reads it) unless crops.keep."""
+    crops = directory(SAMPLE_DIR / SampleFile.CROPS)
+    return crops if config["crops"]["keep"] else temp(crops)
+
+
 FEATURES = config["features"]
 
 

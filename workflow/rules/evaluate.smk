@@ -70,6 +70,7 @@ rule cohort_metrics:
         baselines=COHORT_DIR / CohortFile.BASELINES,
     log:
         LOGS / "cohort_metrics" / "{cohort}.log",
+    localrule: True
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -89,6 +90,7 @@ rule demo_summary:
         RESULTS / layout.DEMO_SUMMARY,
     log:
         LOGS / "demo_summary.log",
+    localrule: True
     conda:
         "../../envs/bitro.yaml"
     threads: 1

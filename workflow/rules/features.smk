@@ -44,6 +44,8 @@ rule reduce:
         SAMPLE_DIR / SampleFile.FEATURES,
     log:
         LOGS / "reduce" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "reduce" / "{cohort}" / "{sample}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -64,6 +66,8 @@ rule graph:
         SAMPLE_DIR / SampleFile.GRAPH,
     log:
         LOGS / "graph" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "graph" / "{cohort}" / "{sample}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1

@@ -10,6 +10,8 @@ rule tissue:
         geojson=SAMPLE_DIR / SampleFile.TISSUE_GEOJSON,
     log:
         LOGS / "tissue" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "tissue" / "{cohort}" / "{sample}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -32,6 +34,8 @@ rule units:
         SAMPLE_DIR / SampleFile.UNITS,
     log:
         LOGS / "units" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "units" / "{cohort}" / "{sample}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -56,6 +60,8 @@ if not STAIN_TARGET_IS_REFERENCE:
             STAIN_REFERENCE,
         log:
             LOGS / "stain_reference.log",
+        benchmark:
+            BENCHMARKS / "stain_reference.tsv"
         conda:
             "../../envs/bitro.yaml"
         threads: 1
@@ -171,7 +177,7 @@ rule crops:
         cells=SAMPLE_DIR / SampleFile.CELLS,
         stain=SAMPLE_DIR / SampleFile.STAIN,
     output:
-        directory(SAMPLE_DIR / SampleFile.CROPS),
+        crops_output(),
     log:
         LOGS / "crops" / "{cohort}" / "{sample}.log",
     benchmark:

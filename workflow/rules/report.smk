@@ -62,6 +62,8 @@ for plot_cohort in COHORTS:
             **plot_outputs(plot_cohort),
         log:
             LOGS / "plot" / f"{plot_cohort}.log",
+        benchmark:
+            BENCHMARKS / "plot" / f"{plot_cohort}.tsv"
         conda:
             "../../envs/bitro.yaml"
         threads: 1

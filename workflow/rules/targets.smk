@@ -9,6 +9,8 @@ rule targets:
         SAMPLE_DIR / SampleFile.TARGETS,
     log:
         LOGS / "targets" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "targets" / "{cohort}" / "{sample}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1

@@ -74,6 +74,8 @@ rule transfer_predict:
         metrics=TRANSFER_DIR / "{fold}" / FoldFile.METRICS,
     log:
         LOGS / "transfer_predict" / "{source}_to_{target}" / "{fold}.log",
+    benchmark:
+        BENCHMARKS / "transfer_predict" / "{source}_to_{target}" / "{fold}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 2
@@ -105,6 +107,7 @@ rule transfer_metrics:
         TRANSFER_DIR / CohortFile.METRICS,
     log:
         LOGS / "transfer_metrics" / "{source}_to_{target}.log",
+    localrule: True
     conda:
         "../../envs/bitro.yaml"
     threads: 1
