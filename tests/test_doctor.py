@@ -151,7 +151,7 @@ def test_a_gpu_asked_for_but_not_visible_fails(monkeypatch: pytest.MonkeyPatch) 
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(doctor, "nvidia_smi_gpus", lambda: [])
+    monkeypatch.setattr(doctor.gpu, "nvidia_smi_gpus", lambda: [])
     config = {"features": {"gpu": 1}, "training": {"gpu": 0}}
     requests = doctor.gpu_requests(config, [])
     assert requests == ["features.gpu"]
@@ -162,7 +162,7 @@ def test_a_gpu_asked_for_but_not_visible_fails(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_a_visible_gpu_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor, "torch_gpus", lambda: (["NVIDIA H100"], "torch 2.13.0, CUDA 12.8"))
+    monkeypatch.setattr(doctor.gpu, "torch_gpus", lambda: (["NVIDIA H100"], "torch 2.13.0, CUDA 12.8"))
     (result,) = check_gpu(["training.gpu"])
     assert result.status == "ok" and "NVIDIA H100" in result.message
 
