@@ -369,6 +369,15 @@ def benchmarks_dir(results: Path = RESULTS) -> Path:
     return Path(results) / "benchmarks"
 
 
+#: The name of the demo's manifest (``bitro demo --manifest``) in its data folder.
+DEMO_MANIFEST: Final = "manifest.json"
+
+
+def demo_data_dir(results: Path = RESULTS) -> Path:
+    """Return the folder the demo's cohorts are written into by default: ``results/demo_data``."""
+    return Path(results) / "demo_data"
+
+
 def doctor_dir(results: Path = RESULTS) -> Path:
     """Return the preflight reports' folder: ``results/doctor``."""
     return Path(results) / "doctor"

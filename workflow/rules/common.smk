@@ -24,8 +24,8 @@ SAMPLE_DIR = sample_dir()
 REPO = Path(workflow.basedir).parent
 DEMO = config.get("demo", {})
 DEMO_ENABLED = DEMO.get("generate", False)
-DEMO_DIR = Path(DEMO.get("outdir", RESULTS / "demo_data"))
-DEMO_MANIFEST = DEMO_DIR / "manifest.json"
+DEMO_DIR = Path(DEMO.get("outdir", layout.demo_data_dir()))
+DEMO_MANIFEST = DEMO_DIR / layout.DEMO_MANIFEST
 for _name, _cohort in COHORTS.items():
     if _cohort.get("generated_by_demo", False) and not DEMO_ENABLED:
         raise ValueError(

@@ -14,7 +14,7 @@ from bitro.doctor.cohort import check_protocol
 from bitro.doctor.common import CohortContext, _guard, _section, cohort_segmentation, mpp_range, resolve
 from bitro.doctor.report import Result
 from bitro.errors import BitroError, InputError
-from bitro.layout import hest_segmentations, sample_files
+from bitro.layout import demo_data_dir, hest_segmentations, sample_files
 
 
 def read_sheet(path: Path) -> tuple[list[tuple[str, float | None]], list[Result]]:
@@ -308,7 +308,7 @@ def check_cohort(
     sheet_path = resolve(cohort.get("samples", ""), repo)
     root = Path(cohort.get("root", ""))
     if cohort.get("generated_by_demo") and not root.is_dir():
-        outdir = _section(config, "demo").get("outdir", "results/demo_data")
+        outdir = _section(config, "demo").get("outdir", str(demo_data_dir()))
         text = (
             f"{root}: demo data not written yet; the workflow's generate_demo rule writes it "
             f"(or `bitro demo --out {outdir}`), then this cohort can be checked"
