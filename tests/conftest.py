@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+#: The repository's root and its workflow.
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+#: The Snakemake of the environment the tests run in (it imports the same bitro).
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
 def smooth_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -94,3 +103,46 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the slow end-to-end tests first: with two xdist workers, the long ones then overlap the rest
     of the suite instead of running alone at its end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+# --------------------------------------------------------------------------------------------------
+# the workflow
+# --------------------------------------------------------------------------------------------------
+
+
+def run_snakemake(
+    workdir: Path,
+    *args: str,
+    snakefile: Path | None = SNAKEFILE,
+    cores: int = 1,
+    timeout: int = 600,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run Snakemake in ``workdir`` on ``snakefile`` (the repository's workflow; ``None``: the one Snakemake
+    finds in ``workdir``) with ``args``; returns the finished process, stdout and stderr together in
+    ``stdout``. ``env`` is added to the environment; the environment's ``bin`` goes first on ``PATH``, so
+    that the jobs run the same ``bitro``."""
+    command = [str(SNAKEMAKE), *(["--snakefile", str(snakefile)] if snakefile is not None else [])]
+    return subprocess.run(
+        [*command, "--cores", str(cores), *args],
+        cwd=workdir,
+        env={
+            **os.environ,
+            "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            **(env or {}),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """Return rule → number of jobs from the job table of a Snakemake dry run's output."""
+    counts = {}
+    for line in dry_run_output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts

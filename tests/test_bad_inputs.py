@@ -30,6 +30,7 @@ import yaml
 from scipy import sparse
 
 from bitro.cli import main
+from conftest import run_snakemake
 
 HEST = ("DEMO01", "DEMO02")
 XENIUM = "XENIUM_DEMO"
@@ -1452,19 +1453,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def snakemake(workdir: Path, *args: str) -> tuple[int, str]:
-    import subprocess
-    import sys
-
-    exe = Path(sys.executable).with_name("snakemake")
-    done = subprocess.run(
-        [str(exe), "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--cores", "1", *args],
-        cwd=workdir,
-        env={**os.environ, "PATH": f"{exe.parent}{os.pathsep}{os.environ.get('PATH', '')}"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
-    )
+    done = run_snakemake(workdir, *args, timeout=300)
     return done.returncode, done.stdout
 
 

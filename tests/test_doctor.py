@@ -18,6 +18,7 @@ from bitro import doctor
 from bitro.cli import main
 from bitro.commands.doctor import STAMP
 from bitro.doctor import Result, check_gpu, check_versions, check_weights, encoder_spec, run_doctor
+from conftest import run_snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -150,7 +151,7 @@ def test_a_gpu_asked_for_but_not_visible_fails(monkeypatch: pytest.MonkeyPatch) 
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(doctor, "nvidia_smi_gpus", lambda: [])
+    monkeypatch.setattr(doctor.gpu, "nvidia_smi_gpus", lambda: [])
     config = {"features": {"gpu": 1}, "training": {"gpu": 0}}
     requests = doctor.gpu_requests(config, [])
     assert requests == ["features.gpu"]
@@ -161,7 +162,7 @@ def test_a_gpu_asked_for_but_not_visible_fails(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_a_visible_gpu_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor, "torch_gpus", lambda: (["NVIDIA H100"], "torch 2.13.0, CUDA 12.8"))
+    monkeypatch.setattr(doctor.gpu, "torch_gpus", lambda: (["NVIDIA H100"], "torch 2.13.0, CUDA 12.8"))
     (result,) = check_gpu(["training.gpu"])
     assert result.status == "ok" and "NVIDIA H100" in result.message
 
@@ -336,15 +337,7 @@ def test_cli_reads_the_config_the_workflow_passes(tmp_path: Path, capsys: pytest
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(SNAKEMAKE), "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--cores", "1", *args],
-        cwd=workdir,
-        env={**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ.get('PATH', '')}"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
+    return run_snakemake(workdir, *args, timeout=timeout)
 
 
 PER_SAMPLE = ("tissue", "units", "stain", "cells", "crops", "targets", "embed", "reduce", "graph")
@@ -353,7 +346,7 @@ PER_SAMPLE = ("tissue", "units", "stain", "cells", "crops", "targets", "embed", 
 def dry_run_jobs(text: str) -> list[dict]:
     """The jobs of a dry run: rule, input and output files, wildcards."""
     jobs = []
-    for block in re.split(r"^rule ", text, flags=re.MULTILINE)[1:]:
+    for block in re.split(r"^(?:local)?rule ", text, flags=re.MULTILINE)[1:]:
         job = {"rule": block.split(":", 1)[0], "input": [], "output": [], "wildcards": {}}
         for line in block.splitlines()[1:]:
             key, _, value = line.strip().partition(": ")

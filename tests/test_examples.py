@@ -1,7 +1,7 @@
 """The real-cohort examples in config/examples/: valid, complete, and each one dry-runs on stub inputs.
 
 Every example is dry-run by the repository's workflow in a scratch directory whose cohort roots hold empty
-files at exactly the paths ``sample_inputs`` (workflow/rules/common.smk) asks for, so the DAG a user gets
+files at exactly the paths ``bitro.layout`` names for the workflow, so the DAG a user gets
 after downloading the data is the one checked here: every sample embedded with DINOv3 on a GPU, every fold
 trained on a GPU, each cohort's tables and each transfer pair's tables scheduled.
 """
@@ -153,7 +153,7 @@ def read_from(cohort: dict, sample: str) -> list[str]:
     if cohort["format"] == "tcga":  # GDC names slide files {barcode}.{uuid}.svs
         return [f"slides/{sample}.6d6e3224-50a0-45a2-b231-eef27ca7efd2.svs", "expression/tpm.tsv"]
     prefix = f"{sample}/Xenium_{sample}"  # 10x prefixes the H&E files with the run name
-    files = [f"{sample}/cells.parquet", f"{sample}/cell_feature_matrix.h5"]
+    files = [f"{sample}/experiment.xenium", f"{sample}/cells.parquet", f"{sample}/cell_feature_matrix.h5"]
     return [*files, f"{prefix}_he_image.ome.tif", f"{prefix}_he_imagealignment.csv"]
 
 
@@ -164,8 +164,6 @@ def stub_files(cohort: dict, sheet: pd.DataFrame) -> list[str]:
         files += read_from(cohort, sample)
         if cohort["format"] == "hest":
             files += [f"cellvit_seg/{sample}_cellvit_seg.parquet"]
-        if cohort["format"] == "xenium":
-            files += [f"{sample}/experiment.xenium"]
     return files
 
 
@@ -232,7 +230,8 @@ def test_example_dry_runs_on_stub_inputs(tmp_path: Path, example: Path) -> None:
     small = TOO_SMALL & set(config["cohorts"])
     if small:
         assert done.returncode != 0
-        assert all(f"{name}.tsv: the bulk split needs at least 3 patients" in done.stdout for name in small)
+        split = "a patient split (test, validation, training) needs at least 3 patients"
+        assert all(f"{name}.tsv: {split}" in done.stdout for name in small)
         return
     assert done.returncode == 0, done.stdout[-5000:]
     jobs = planned_jobs(done.stdout)
@@ -261,8 +260,6 @@ def test_example_dry_runs_on_stub_inputs(tmp_path: Path, example: Path) -> None:
                 # Tile-token mode reads the slide itself: the sample's downloaded files are its inputs.
                 sample = wildcards(job)["sample"]
                 expected = {f"{root}/{name}" for name in read_from(cohort, sample)}
-                # (embed's own `cells` input, results/.../cells.parquet, takes the key of a bundle's.)
-                expected.discard(f"{root}/{sample}/cells.parquet")
                 assert expected <= set(job["input"].split(", ")), (expected, job["input"])
             if job["rule"] == "train":
                 assert resources(job)["gpu"] == "1" and "--device cuda" in shell

@@ -33,6 +33,7 @@ from bitro.plot import (
     plot_training,
 )
 from bitro.train.fit import _append_log
+from conftest import run_snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -440,20 +441,9 @@ def test_bitro_plot_command_line(
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "snakemake"), "--cores", "1", *args],
-        cwd=workdir,
-        env={
-            **os.environ,
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
+    """Snakemake on the Snakefile it finds in ``workdir`` (or the one ``--snakefile`` names), one thread."""
+    single_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return run_snakemake(workdir, *args, snakefile=None, timeout=timeout, env=single_thread)
 
 
 def _files(block: str, field: str) -> list[str]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,24 +26,15 @@ from bitro.preprocess.cells import read_cells
 from bitro.preprocess.crops import read_crops
 from bitro.preprocess.targets import make_targets
 from bitro.preprocess.units import read_units
+from conftest import REPO, SNAKEFILE, SNAKEMAKE, job_counts, run_snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-SNAKEFILE = ROOT / "workflow" / "Snakefile"
+ROOT = REPO
 #: The small demo's ST training budget: a few epochs of its one training section, checked every epoch.
 KILL_TEST_STEPS = 12
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(SNAKEMAKE), "--snakefile", str(SNAKEFILE), "--cores", "2", *args],
-        cwd=workdir,
-        env={**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ.get('PATH', '')}"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
+    return run_snakemake(workdir, *args, cores=2, timeout=timeout)
 
 
 def write_project(workdir: Path, config: dict, sheets: dict[str, str]) -> Path:
@@ -57,11 +48,7 @@ def write_project(workdir: Path, config: dict, sheets: dict[str, str]) -> Path:
 def test_demo_dag_has_one_units_and_targets_job_per_sample() -> None:
     done = snakemake(ROOT, "--dry-run", "--forceall", "--quiet", "rules")
     assert done.returncode == 0, done.stdout
-    counts = {}
-    for line in done.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
+    counts = job_counts(done.stdout)
     n_samples = sum(
         len((ROOT / "config" / "samples" / f"demo_{c}.tsv").read_text().strip().splitlines()) - 1
         for c in ("st", "bulk", "xenium")
@@ -76,11 +63,7 @@ def test_each_cohort_is_a_target_of_its_own() -> None:
     """`snakemake <cohort>` plans that cohort's folds and nothing of the other cohorts'."""
     done = snakemake(ROOT, "demo_bulk", "--dry-run", "--forceall", "--quiet", "rules")
     assert done.returncode == 0, done.stdout
-    counts = {}
-    for line in done.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
+    counts = job_counts(done.stdout)
     bulk_slides = len((ROOT / "config" / "samples" / "demo_bulk.tsv").read_text().strip().splitlines()) - 1
     assert counts["demo_bulk"] == 1 and counts["train"] == counts["predict"] == counts["baselines"] == 1
     assert counts["embed"] == bulk_slides and "transfer_finetune" not in counts
@@ -150,6 +133,42 @@ def test_real_layout_inputs_are_the_sample_files(tmp_path: Path) -> None:
     assert "hest/st/TENX1.h5ad" in done.stdout and "generate_demo" not in done.stdout
 
 
+#: Rules that only gather other rules' tables or files: run on the submitting node, no benchmark.
+AGGREGATIONS = {"cohort_metrics", "transfer_metrics", "demo_summary", "ablation_metrics", "ablations"}
+
+
+def test_every_rule_that_does_work_is_benchmarked() -> None:
+    done = snakemake(ROOT, "--dry-run", "--forceall", "--printshellcmds", "all", "ablations")
+    assert done.returncode == 0, done.stdout[-3000:]
+    jobs = re.split(r"^(?:local)?rule ", done.stdout, flags=re.MULTILINE)[1:]
+    blocks = [job.split("\n\n")[0] for job in jobs]
+    working = {b.split(":", 1)[0] for b in blocks if re.search(r"Shell command: (?!None)", b)} - AGGREGATIONS
+    unbenchmarked = {b.split(":", 1)[0] for b in blocks if "benchmark: " not in b} & working
+    assert working >= {"tissue", "train", "predict", "plot_demo_st", "train_ablation"}
+    assert not unbenchmarked
+
+
+@pytest.mark.parametrize("keep", [None, False, True])
+def test_crops_are_temporary_unless_kept(tmp_path: Path, keep: bool | None) -> None:
+    """crops.zarr, the largest per-sample file, is removed once embedded unless crops.keep says otherwise."""
+    config = {"cohorts": {"c1": {"level": "st", "format": "hest", "root": "hest", "samples": "s.tsv"}}}
+    if keep is not None:
+        config["crops"] = {"keep": keep}
+    write_project(tmp_path, config, {"s.tsv": "sample_id\tpatient_id\nA\tP1\nB\tP2\n"})
+    (tmp_path / "Snakefile").write_text(
+        'configfile: "config/config.yaml"\n\n'
+        f'include: "{ROOT / "workflow" / "rules" / "common.smk"}"\n\n'
+        "from snakemake.io import is_flagged\n\n"
+        'print("crops", crops_output(), "temporary" if is_flagged(crops_output(), "temp") else "kept")\n\n'
+        "rule all:\n"
+        "    default_target: True\n"
+    )
+    done = run_snakemake(tmp_path, "--dry-run", snakefile=None)
+    assert done.returncode == 0, done.stdout[-3000:]
+    expected = "kept" if keep else "temporary"
+    assert f"crops results/{{cohort}}/samples/{{sample}}/crops.zarr {expected}" in done.stdout, done.stdout
+
+
 def test_lint_and_format_are_clean() -> None:
     lint = snakemake(ROOT, "--lint")
     assert lint.returncode == 0 and "Lints for" not in lint.stdout, lint.stdout
@@ -181,6 +200,7 @@ def small_demo_project(workdir: Path) -> dict[str, list[str]]:
                 "batch_bags": 16,
             },
             "baselines": {"mlp_epochs": 2},
+            "crops": {"keep": True},  # read back below
         },
     )
 
@@ -343,6 +363,7 @@ def test_xenium_bundle_files_with_run_prefixes_are_inputs(tmp_path: Path) -> Non
     bundle = tmp_path / "xen" / "Rep1"
     bundle.mkdir(parents=True)
     for name in (
+        "experiment.xenium",
         "cells.parquet",
         "cell_feature_matrix.h5",
         "Run_X_he_image.ome.tif",
@@ -352,6 +373,34 @@ def test_xenium_bundle_files_with_run_prefixes_are_inputs(tmp_path: Path) -> Non
     done = snakemake(tmp_path, "--dry-run", "--printshellcmds")
     assert done.returncode == 0, done.stdout
     assert "Run_X_he_imagealignment.csv" in done.stdout and "Run_X_he_image.ome.tif" in done.stdout
+    assert "xen/Rep1/experiment.xenium" in done.stdout
+
+
+def test_a_xenium_bundle_without_its_experiment_file_is_named_at_dag_build(tmp_path: Path) -> None:
+    """The Xenium reader needs experiment.xenium (the morphology pixel size): a dry run already names it."""
+    config = {"cohorts": {"x": {"level": "xenium", "format": "xenium", "root": "xen", "samples": "s.tsv"}}}
+    write_project(tmp_path, config, {"s.tsv": "sample_id\tpatient_id\nRep1\tP\n"})
+    bundle = tmp_path / "xen" / "Rep1"
+    bundle.mkdir(parents=True)
+    for name in ("cells.parquet", "cell_feature_matrix.h5", "he_image.ome.tif", "he_imagealignment.csv"):
+        (bundle / name).write_text("")
+    done = snakemake(tmp_path, "--dry-run")
+    assert done.returncode != 0
+    assert "Missing input files" in done.stdout and "xen/Rep1/experiment.xenium" in done.stdout, done.stdout
+
+
+def test_a_hest_slide_of_any_accepted_suffix_goes_through_the_dag(tmp_path: Path) -> None:
+    """bitro.io reads wsis/{id}.svs (or .tiff, .ndpi, .btf) when there is no .tif: the workflow does too."""
+    hest_project(tmp_path, {})
+    (tmp_path / "hest" / "wsis" / "TENX2.tif").rename(tmp_path / "hest" / "wsis" / "TENX2.svs")
+    done = snakemake(tmp_path, "--dry-run", "--printshellcmds")
+    assert done.returncode == 0, done.stdout
+    tissue = [block for block in done.stdout.split("\nrule ") if block.startswith("tissue:")]
+    inputs = {
+        line.strip() for block in tissue for line in block.splitlines() if line.strip().startswith("input:")
+    }
+    assert any("hest/wsis/TENX2.svs" in line for line in inputs), inputs
+    assert not any("TENX2.tif" in line for line in inputs), inputs
 
 
 def hest_project(workdir: Path, extra: dict) -> Path:

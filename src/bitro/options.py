@@ -30,8 +30,11 @@ ENCODERS: tuple[str, ...] = ("dinov3_vitl16", "efficientnet_lite0", "morphology"
 NUCLEAR_FEATURE_ENCODERS: tuple[str, ...] = ("morphology", "morphology_histomicstk")
 """The encoders that measure each cell's nucleus (no weights, no tokens; crop mode only)."""
 
-FORMATS: tuple[str, ...] = ("hest", "tcga", "xenium")
-"""Input layouts a cohort can come in (``bitro.io``)."""
+FORMAT_LEVELS: Final[dict[str, str]] = {"hest": "st", "tcga": "bulk", "xenium": "xenium"}
+"""Input layouts a cohort can come in (``bitro.io``, ``bitro.layout``), and the level each measures."""
+
+FORMATS: tuple[str, ...] = tuple(FORMAT_LEVELS)
+"""Input layouts a cohort can come in."""
 
 LEVELS: tuple[str, ...] = ("st", "bulk", "xenium")
 """What a cohort's expression measures: spots, whole slides, single cells."""

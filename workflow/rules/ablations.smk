@@ -6,8 +6,8 @@ rule train_ablation:
     input:
         unpack(ablation_train_inputs),
     output:
-        model=ABLATION_DIR / "{fold}" / "model.safetensors",
-        description=ABLATION_DIR / "{fold}" / "model.json",
+        model=ABLATION_DIR / "{fold}" / FoldFile.MODEL_WEIGHTS,
+        description=ABLATION_DIR / "{fold}" / FoldFile.MODEL_DESCRIPTION,
     log:
         LOGS / "train_ablation" / "{variant}" / "{cohort}" / "{fold}.log",
     benchmark:
@@ -34,7 +34,7 @@ rule train_ablation:
     shell:
         "bitro train --samples-dir {params.samples_dir} --folds {input.folds} --fold {wildcards.fold} "
         "--genes {input.genes} --phenotypes {input.phenotypes} --scope {params.scope} {params.basis} "
-        "{params.zscore} --params-json '{params.settings}' --device {params.device} --quiet --threads {threads} "
+        "{params.zscore} --params-json {params.settings:q} --device {params.device} --quiet --threads {threads} "
         "--out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -42,11 +42,13 @@ rule predict_ablation:
     input:
         unpack(ablation_predict_inputs),
     output:
-        metrics=ABLATION_DIR / "{fold}" / "metrics.tsv",
-        predictions=ABLATION_DIR / "{fold}" / "predictions.h5ad",
-        cells=ABLATION_DIR / "{fold}" / "cells_pred.h5ad",
+        metrics=ABLATION_DIR / "{fold}" / FoldFile.METRICS,
+        predictions=ABLATION_DIR / "{fold}" / FoldFile.PREDICTIONS,
+        cells=ABLATION_DIR / "{fold}" / FoldFile.CELL_PREDICTIONS,
     log:
         LOGS / "predict_ablation" / "{variant}" / "{cohort}" / "{fold}.log",
+    benchmark:
+        BENCHMARKS / "predict_ablation" / "{variant}" / "{cohort}" / "{fold}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 2
@@ -66,16 +68,17 @@ rule predict_ablation:
 
 rule ablation_metrics:
     input:
-        metrics=lambda wc: ablation_fold_files(wc, "metrics.tsv"),
+        metrics=lambda wc: ablation_fold_files(wc, FoldFile.METRICS),
         predictions=lambda wc: (
-            ablation_fold_files(wc, "predictions.h5ad")
+            ablation_fold_files(wc, FoldFile.PREDICTIONS)
             if out_of_fold(wc.cohort)
             else []
         ),
     output:
-        ABLATION_DIR / "metrics.tsv",
+        ABLATION_DIR / CohortFile.METRICS,
     log:
         LOGS / "ablation_metrics" / "{variant}" / "{cohort}.log",
+    localrule: True
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -91,10 +94,11 @@ rule ablations:
     input:
         unpack(ablation_table_inputs),
     output:
-        table=RESULTS / "ablations" / "table.tsv",
-        long=RESULTS / "ablations" / "table_long.tsv",
+        table=layout.ablations_dir() / layout.ABLATION_TABLE,
+        long=layout.ablations_dir() / layout.ABLATION_TABLE_LONG,
     log:
         LOGS / "ablations.log",
+    localrule: True
     conda:
         "../../envs/bitro.yaml"
     threads: 1

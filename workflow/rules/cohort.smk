@@ -6,9 +6,11 @@ rule genes:
         targets=cohort_targets,
         gene_list=gene_list_input,
     output:
-        COHORT_DIR / "genes.txt",
+        COHORT_DIR / CohortFile.GENES,
     log:
         LOGS / "genes" / "{cohort}.log",
+    benchmark:
+        BENCHMARKS / "genes" / "{cohort}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -33,9 +35,11 @@ rule folds:
         sheet=lambda wc: COHORTS[wc.cohort]["samples"],
         cells=fold_cells_inputs,
     output:
-        COHORT_DIR / "folds.json",
+        COHORT_DIR / CohortFile.FOLDS,
     log:
         LOGS / "folds" / "{cohort}.log",
+    benchmark:
+        BENCHMARKS / "folds" / "{cohort}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -60,12 +64,14 @@ rule folds:
 
 rule cohort_pca:
     input:
-        folds=COHORT_DIR / "folds.json",
-        embeddings=cohort_sample_files("embeddings.npy"),
+        folds=COHORT_DIR / CohortFile.FOLDS,
+        embeddings=cohort_sample_files(SampleFile.EMBEDDINGS),
     output:
-        FOLD_DIR / "pca.npz",
+        FOLD_DIR / FoldFile.PCA,
     log:
         LOGS / "cohort_pca" / "{cohort}" / "{fold}.log",
+    benchmark:
+        BENCHMARKS / "cohort_pca" / "{cohort}" / "{fold}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -86,9 +92,11 @@ rule phenotypes:
     input:
         unpack(phenotype_inputs),
     output:
-        FOLD_DIR / "phenotypes_{scope}.npz",
+        FOLD_DIR / FoldFile.phenotypes(),
     log:
         LOGS / "phenotypes" / "{cohort}" / "{fold}_{scope}.log",
+    benchmark:
+        BENCHMARKS / "phenotypes" / "{cohort}" / "{fold}_{scope}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1

@@ -1,23 +1,31 @@
+# Glue between the config, the sample sheets and the wildcards. Where files are (inputs of each layout,
+# every output path, fold and figure names) is bitro.layout's to say; what makes a sample sheet unusable,
+# bitro.doctor's.
 import json
 import re
+import shlex
 from types import SimpleNamespace
 from pathlib import Path
 
 import pandas as pd
 from snakemake.utils import validate
 
+from bitro import layout
+from bitro.doctor import cohort_segmentation, sheet_problems
+from bitro.layout import CohortFile, FoldFile, SampleFile, sample_dir
+
 validate(config, schema="../schemas/config.schema.yaml")
 
 COHORTS = config["cohorts"]
-RESULTS = Path("results")
-LOGS = RESULTS / "logs"
-BENCHMARKS = RESULTS / "benchmarks"
-SAMPLE_DIR = RESULTS / "{cohort}" / "samples" / "{sample}"
+RESULTS = layout.RESULTS
+LOGS = layout.logs_dir()
+BENCHMARKS = layout.benchmarks_dir()
+SAMPLE_DIR = sample_dir()
 REPO = Path(workflow.basedir).parent
 DEMO = config.get("demo", {})
 DEMO_ENABLED = DEMO.get("generate", False)
-DEMO_DIR = Path(DEMO.get("outdir", RESULTS / "demo_data"))
-DEMO_MANIFEST = DEMO_DIR / "manifest.json"
+DEMO_DIR = Path(DEMO.get("outdir", layout.demo_data_dir()))
+DEMO_MANIFEST = DEMO_DIR / layout.DEMO_MANIFEST
 for _name, _cohort in COHORTS.items():
     if _cohort.get("generated_by_demo", False) and not DEMO_ENABLED:
         raise ValueError(
@@ -36,54 +44,15 @@ def load_sample_sheet(cohort):
 
 
 SAMPLES = {cohort: load_sample_sheet(cohort) for cohort in COHORTS}
-TCGA_BARCODE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}(-[A-Z0-9]+)*$", re.IGNORECASE)
-
-
-def sheet_problems(cohort):
-    """What makes a cohort unusable, known from its sample sheet alone (bitro doctor checks the same).
-
-    Checked when the workflow is parsed, so that a dry run already stops on it: a sheet whose patient_id
-    contradicts the TCGA barcodes (a patient's slides on both sides of a split), and a cohort too small
-    for its split.
-    """
-    path = COHORTS[cohort]["samples"]
-    sheet = SAMPLES[cohort]
-    level = COHORTS[cohort]["level"]
-    samples = sheet["sample_id"].astype(str).tolist()
-    if "patient_id" in sheet:
-        patients = sheet["patient_id"].fillna(sheet["sample_id"]).astype(str).tolist()
-    else:
-        patients = samples
-    problems = []
-    if level == "bulk":
-        wrong = [
-            f"{s} ({p})"
-            for s, p in zip(samples, patients)
-            if TCGA_BARCODE.match(s) and p.upper() != s.upper()[:12]
-        ]
-        if wrong:
-            problems.append(
-                f"patient_id contradicts the TCGA barcode (first 12 characters) of {wrong[:5]}"
-            )
-        need = 3 if EVALUATION["bulk_folds"] <= 1 else EVALUATION["bulk_folds"] + 2
-        have = len(set(patients))
-        if have < need:
-            problems.append(
-                f"the bulk split needs at least {need} patients; the cohort has {have}"
-            )
-    elif level == "st":
-        by_patient = st_group_by(cohort) == "patient"
-        have = len(set(patients if by_patient else samples))
-        if have < 2:
-            unit = "patients (group_by: patient)" if by_patient else "samples"
-            problems.append(
-                f"leave-one-out needs at least 2 {unit}; the cohort has {have}"
-            )
-    return [f"{path}: {problem}" for problem in problems]
 
 
 def check_sheets():
-    problems = [p for cohort in COHORTS for p in sheet_problems(cohort)]
+    """Stop the workflow on a sample sheet unusable as it is (the checks bitro doctor runs on it too)."""
+    problems = [
+        problem
+        for cohort in COHORTS.values()
+        for problem in sheet_problems(Path(cohort["samples"]), cohort, EVALUATION)
+    ]
     if problems and config["doctor"]["enabled"]:
         raise ValueError(
             "sample sheet(s) unusable (bitro doctor lists every problem):\n  "
@@ -101,45 +70,19 @@ wildcard_constraints:
     target=_alternatives(COHORTS),
     variant=r"[A-Za-z0-9_]+",
     scope=r"sample|cohort",
-    fold=r"fold\d+",
+    fold=layout.FOLD_PATTERN,
     sample=_alternatives(s for sheet in SAMPLES.values() for s in sheet.index),
-
-
-def sample_dir(cohort, sample):
-    return RESULTS / cohort / "samples" / sample
-
-
-def cohort_root(cohort):
-    return Path(COHORTS[cohort]["root"])
 
 
 def sample_inputs(wildcards):
     """The files a sample is read from: the demo manifest, or the sample's files in its layout."""
-    cohort, sample = COHORTS[wildcards.cohort], wildcards.sample
+    cohort = COHORTS[wildcards.cohort]
     if cohort.get("generated_by_demo", False):
         return {"source": DEMO_MANIFEST}
-    root = Path(cohort["root"])
-    if cohort["format"] == "hest":
-        return {
-            "expression": root / "st" / f"{sample}.h5ad",
-            "slide": root / "wsis" / f"{sample}.tif",
-            "metadata": root / "metadata" / f"{sample}.json",
-        }
-    if cohort["format"] == "tcga":
-        slides = sorted((root / "slides").glob(f"{sample}.*"))
-        return {
-            "expression": root / "expression" / "tpm.tsv",
-            "gene_map": root / "expression" / "gene_map.tsv",
-            "slide": slides[0] if slides else root / "slides" / f"{sample}.svs",
-        }
-    bundle = root / sample
-    # Vendors prefix the H&E image and its alignment with the run name: take whatever is there.
-    return {
-        "cells": bundle / "cells.parquet",
-        "matrix": bundle / "cell_feature_matrix.h5",
-        "he_files": sorted(bundle.glob("*he_image*.tif*"))
-        + sorted(bundle.glob("*imagealignment.csv")),
-    }
+    files = layout.sample_files(
+        cohort["format"], Path(cohort["root"]), wildcards.sample
+    )
+    return files.paths()
 
 
 def repo_path(path):
@@ -151,7 +94,7 @@ def repo_path(path):
 STAIN_TARGET = repo_path(config["stain"]["target"])
 STAIN_TARGET_IS_REFERENCE = STAIN_TARGET.suffix.lower() == ".json"
 STAIN_REFERENCE = (
-    STAIN_TARGET if STAIN_TARGET_IS_REFERENCE else RESULTS / "stain_reference.json"
+    STAIN_TARGET if STAIN_TARGET_IS_REFERENCE else RESULTS / layout.STAIN_REFERENCE
 )
 CELLVIT = config["segmentation"]["cellvit"]
 CELLVIT_MODEL = repo_path(CELLVIT["model"])
@@ -160,7 +103,7 @@ CELLS_GEOJSON = config["segmentation"]["geojson"]
 
 def segmentation(cohort):
     """The segmentation settings of a cohort: the global ones, overridden by the cohort's own."""
-    return config["segmentation"] | COHORTS[cohort].get("segmentation", {})
+    return cohort_segmentation(config, COHORTS[cohort])
 
 
 def precomputed_file(wildcards):
@@ -170,17 +113,16 @@ def precomputed_file(wildcards):
 
 def cells_inputs(wildcards):
     """Inputs of the cells rule: the sample, its tissue and units, and what its backend segments from."""
+    folder = sample_dir(wildcards.cohort, wildcards.sample)
     inputs = sample_inputs(wildcards) | {
-        "tissue": sample_dir(wildcards.cohort, wildcards.sample) / "tissue.npz",
-        "units": sample_dir(wildcards.cohort, wildcards.sample) / "units.parquet",
+        "tissue": folder / SampleFile.TISSUE,
+        "units": folder / SampleFile.UNITS,
     }
     backend = segmentation(wildcards.cohort)["backend"]
     if backend in ("classical", "histomicstk"):
-        inputs["stain"] = sample_dir(wildcards.cohort, wildcards.sample) / "stain.json"
+        inputs["stain"] = folder / SampleFile.STAIN
     elif backend == "cellvit":
-        inputs["segmentation"] = (
-            sample_dir(wildcards.cohort, wildcards.sample) / "cellvit" / "output"
-        )
+        inputs["segmentation"] = folder / SampleFile.CELLVIT_OUTPUT
     elif precomputed_file(wildcards) is not None:
         inputs["segmentation"] = precomputed_file(wildcards)
     return inputs
@@ -208,14 +150,20 @@ def segmentation_args(wildcards, input):
 
 
 def cells_outputs():
-    outputs = {"cells": SAMPLE_DIR / "cells.parquet"}
+    outputs = {"cells": SAMPLE_DIR / SampleFile.CELLS}
     if CELLS_GEOJSON:
-        outputs["geojson"] = SAMPLE_DIR / "cells.geojson"
+        outputs["geojson"] = SAMPLE_DIR / SampleFile.CELLS_GEOJSON
     return outputs
 
 
 def geojson_arg(wildcards, output):
     return f"--geojson {output.geojson}" if CELLS_GEOJSON else ""
+
+
+def crops_output():
+    """crops.zarr: temporary (only the embed rule reads it) unless crops.keep."""
+    crops = directory(SAMPLE_DIR / SampleFile.CROPS)
+    return crops if config["crops"]["keep"] else temp(crops)
 
 
 FEATURES = config["features"]
@@ -240,8 +188,8 @@ def sample_args(wildcards):
     return " ".join(args)
 
 
-COHORT_DIR = RESULTS / "{cohort}"
-FOLD_DIR = COHORT_DIR / "{fold}"
+COHORT_DIR = layout.cohort_dir()
+FOLD_DIR = layout.fold_dir()
 EVALUATION = config["evaluation"]
 TRAINING = config["training"]
 
@@ -252,17 +200,18 @@ def cohort_training(cohort):
 
 
 def training_settings(wildcards):
+    """The model and training settings of ``bitro train``, as JSON (the rule quotes it for the shell)."""
     return json.dumps(
         {"model": config["model"], "training": cohort_training(wildcards.cohort)}
     )
 
 
 def fold_dir(wildcards):
-    return RESULTS / wildcards.cohort / wildcards.fold
+    return layout.fold_dir(wildcards.cohort, wildcards.fold)
 
 
 def samples_dir(wildcards):
-    return RESULTS / wildcards.cohort / "samples"
+    return layout.samples_dir(wildcards.cohort)
 
 
 def st_group_by(cohort):
@@ -274,17 +223,16 @@ check_sheets()
 
 def fold_names(cohort):
     """The folds folds.json will hold, known from the sample sheet before it is written."""
-    level = COHORTS[cohort]["level"]
-    if level == "bulk":
-        return [f"fold{k}" for k in range(EVALUATION["bulk_folds"])]
-    if level == "xenium":
-        return [f"fold{k}" for k in range(EVALUATION["xenium_strips"])]
     sheet = SAMPLES[cohort]
-    if st_group_by(cohort) == "patient":
-        groups = sheet["patient_id"].fillna(sheet["sample_id"]).nunique()
-    else:
-        groups = len(sheet)
-    return [f"fold{k}" for k in range(groups)]
+    count = layout.fold_count(
+        COHORTS[cohort]["level"],
+        sheet["sample_id"].astype(str).tolist(),
+        sheet["patient_id"].fillna("").astype(str).tolist(),
+        group_by=st_group_by(cohort),
+        bulk_folds=EVALUATION["bulk_folds"],
+        xenium_strips=EVALUATION["xenium_strips"],
+    )
+    return layout.fold_names(count)
 
 
 def cohort_sample_files(name):
@@ -299,7 +247,7 @@ def cohort_sample_files(name):
     return files
 
 
-cohort_targets = cohort_sample_files("targets.h5ad")
+cohort_targets = cohort_sample_files(SampleFile.TARGETS)
 
 
 def gene_list_input(wildcards):
@@ -311,19 +259,19 @@ def fold_cells_inputs(wildcards):
     """Strips (Xenium, and the validation strip of a two-group ST cohort) are cut from the cells' extent."""
     level = COHORTS[wildcards.cohort]["level"]
     if level == "xenium" or (level == "st" and len(fold_names(wildcards.cohort)) == 2):
-        return cohort_sample_files("cells.parquet")(wildcards)
+        return cohort_sample_files(SampleFile.CELLS)(wildcards)
     return []
 
 
 def feature_inputs(wildcards, scope=None):
     """Per-cell features of every sample and, in cohort scope, the fold's PCA basis."""
     scope = scope or getattr(wildcards, "scope", None) or TRAINING["feature_scope"]
-    inputs = {"folds": RESULTS / wildcards.cohort / "folds.json"}
+    inputs = {"folds": layout.cohort_dir(wildcards.cohort) / CohortFile.FOLDS}
     if scope == "cohort":
-        inputs["embeddings"] = cohort_sample_files("embeddings.npy")(wildcards)
-        inputs["basis"] = fold_dir(wildcards) / "pca.npz"
+        inputs["embeddings"] = cohort_sample_files(SampleFile.EMBEDDINGS)(wildcards)
+        inputs["basis"] = fold_dir(wildcards) / FoldFile.PCA
     else:
-        inputs["features"] = cohort_sample_files("features.npy")(wildcards)
+        inputs["features"] = cohort_sample_files(SampleFile.FEATURES)(wildcards)
     return inputs
 
 
@@ -333,17 +281,19 @@ def phenotype_inputs(wildcards):
 
 def train_inputs(wildcards, scope=None):
     scope = scope or TRAINING["feature_scope"]
-    inputs = feature_inputs(wildcards, scope) | {
-        "genes": RESULTS / wildcards.cohort / "genes.txt",
-        "phenotypes": fold_dir(wildcards) / f"phenotypes_{scope}.npz",
-    }
-    for name in ("cells.parquet", "graph.npz", "units.parquet", "targets.h5ad"):
-        inputs[name.split(".")[0]] = cohort_sample_files(name)(wildcards)
-    return inputs
+    return (
+        feature_inputs(wildcards, scope)
+        | {
+            "genes": layout.cohort_dir(wildcards.cohort) / CohortFile.GENES,
+            "phenotypes": fold_dir(wildcards) / FoldFile.phenotypes(scope),
+        }
+        | sample_files_inputs(wildcards)
+    )
 
 
 def fold_files(cohort, name):
-    return [RESULTS / cohort / fold / name for fold in fold_names(cohort)]
+    """``name`` in every fold folder of ``cohort``."""
+    return [layout.fold_dir(cohort, fold) / name for fold in fold_names(cohort)]
 
 
 def out_of_fold(cohort):
@@ -366,22 +316,22 @@ def sample_files_inputs(wildcards):
     """Every per-sample file a fold's prediction or baselines read."""
     return {
         name.split(".")[0]: cohort_sample_files(name)(wildcards)
-        for name in ("cells.parquet", "graph.npz", "units.parquet", "targets.h5ad")
+        for name in layout.FOLD_SAMPLE_INPUTS
     }
 
 
 def predict_inputs(wildcards):
     inputs = feature_inputs(wildcards) | sample_files_inputs(wildcards)
-    inputs["model"] = fold_dir(wildcards) / "model.json"
-    inputs["weights"] = fold_dir(wildcards) / "model.safetensors"
+    inputs["model"] = fold_dir(wildcards) / FoldFile.MODEL_DESCRIPTION
+    inputs["weights"] = fold_dir(wildcards) / FoldFile.MODEL_WEIGHTS
     return inputs
 
 
 def baseline_inputs(wildcards):
     inputs = sample_files_inputs(wildcards) | {
-        "folds": RESULTS / wildcards.cohort / "folds.json",
-        "genes": RESULTS / wildcards.cohort / "genes.txt",
-        "embeddings": cohort_sample_files("embeddings.npy")(wildcards),
+        "folds": layout.cohort_dir(wildcards.cohort) / CohortFile.FOLDS,
+        "genes": layout.cohort_dir(wildcards.cohort) / CohortFile.GENES,
+        "embeddings": cohort_sample_files(SampleFile.EMBEDDINGS)(wildcards),
     }
     if COHORTS[wildcards.cohort].get("generated_by_demo", False):
         inputs["demo"] = DEMO_MANIFEST
@@ -402,11 +352,12 @@ def demo_truth_arg(wildcards):
     folder = (
         root / "{sample}" / "truth" if cohort["format"] == "xenium" else root / "truth"
     )
-    return f"--truth-pattern '{folder / '{sample}_cells.h5ad'}'"
+    return f"--truth-pattern {shlex.quote(str(folder / '{sample}_cells.h5ad'))}"
 
 
 TRANSFER = config["transfer"]
-TRANSFER_DIR = RESULTS / "transfer" / "{source}_to_{target}"
+TRANSFER_DIR = layout.transfer_dir()
+TRANSFER_PRETRAIN_DIR = layout.transfer_pretrain_dir()
 TRANSFER_PAIRS = (
     [tuple(pair) for pair in TRANSFER["pairs"]] if TRANSFER["mode"] != "none" else []
 )
@@ -418,7 +369,8 @@ for _source, _target in TRANSFER_PAIRS:
 
 
 def transfer_settings(cohort):
-    """Settings of a transfer step that trains on ``cohort``; transfer.pretrain/finetune go over them."""
+    """Settings of a transfer step that trains on ``cohort``, as JSON (the rules quote it for the shell);
+    transfer.pretrain/finetune go over them."""
     # Transfer runs on per-sample features whatever the main runs use (see finetune_inputs).
     training = cohort_training(cohort) | {"feature_scope": "sample"}
     return json.dumps(
@@ -434,19 +386,20 @@ def finetune_settings(wildcards):
     return transfer_settings(wildcards.target)
 
 
+def transfer_pretrain_dir(wildcards):
+    return layout.transfer_pretrain_dir(wildcards.source, wildcards.target)
+
+
 def transfer_fold_dir(wildcards):
-    return (
-        RESULTS
-        / "transfer"
-        / f"{wildcards.source}_to_{wildcards.target}"
-        / wildcards.fold
-    )
+    return layout.transfer_fold_dir(wildcards.source, wildcards.target, wildcards.fold)
 
 
 def transfer_fold_files(wildcards, name):
     """``name`` in every fold folder of the transfer run ``wildcards.source`` → ``wildcards.target``."""
-    run = RESULTS / "transfer" / f"{wildcards.source}_to_{wildcards.target}"
-    return [run / fold / name for fold in fold_names(wildcards.target)]
+    return [
+        layout.transfer_fold_dir(wildcards.source, wildcards.target, fold) / name
+        for fold in fold_names(wildcards.target)
+    ]
 
 
 def _as_cohort(wildcards, cohort):
@@ -457,11 +410,11 @@ def _as_cohort(wildcards, cohort):
 def pretrain_inputs(wildcards):
     source = _as_cohort(wildcards, wildcards.source)
     inputs = sample_files_inputs(source) | {
-        "features": cohort_sample_files("features.npy")(source),
-        "source_genes": RESULTS / wildcards.source / "genes.txt",
-        "source_folds": RESULTS / wildcards.source / "folds.json",
+        "features": cohort_sample_files(SampleFile.FEATURES)(source),
+        "source_genes": layout.cohort_dir(wildcards.source) / CohortFile.GENES,
+        "source_folds": layout.cohort_dir(wildcards.source) / CohortFile.FOLDS,
         "source_sheet": COHORTS[wildcards.source]["samples"],
-        "target_folds": RESULTS / wildcards.target / "folds.json",
+        "target_folds": layout.cohort_dir(wildcards.target) / CohortFile.FOLDS,
         "target_sheet": COHORTS[wildcards.target]["samples"],
     }
     return inputs
@@ -471,13 +424,7 @@ def finetune_inputs(wildcards):
     target = _as_cohort(wildcards, wildcards.target)
     # Transfer works on per-sample features: a PCA basis fitted on one cohort does not describe another.
     inputs = train_inputs(target, "sample")
-    inputs["pretrain"] = (
-        RESULTS
-        / "transfer"
-        / f"{wildcards.source}_to_{wildcards.target}"
-        / "pretrain"
-        / "model.json"
-    )
+    inputs["pretrain"] = transfer_pretrain_dir(wildcards) / FoldFile.MODEL_DESCRIPTION
     inputs["target_sheet"] = COHORTS[wildcards.target]["samples"]
     return inputs
 
@@ -485,7 +432,7 @@ def finetune_inputs(wildcards):
 def transfer_predict_inputs(wildcards):
     target = _as_cohort(wildcards, wildcards.target)
     inputs = feature_inputs(target, "sample") | sample_files_inputs(target)
-    inputs["model"] = transfer_fold_dir(wildcards) / "model.json"
+    inputs["model"] = transfer_fold_dir(wildcards) / FoldFile.MODEL_DESCRIPTION
     return inputs
 
 
@@ -500,13 +447,25 @@ PROTOCOLS = {
 }
 
 
-def cohort_summary_tables(cohort):
-    tables = [RESULTS / cohort / "metrics.tsv", RESULTS / cohort / "baselines.tsv"]
-    return tables + [
-        RESULTS / "transfer" / f"{source}_to_{target}" / "metrics.tsv"
+def cohort_metric_tables(cohort):
+    """A cohort's own metric tables: BiTro's and the baselines'."""
+    return [
+        layout.cohort_dir(cohort) / CohortFile.METRICS,
+        layout.cohort_dir(cohort) / CohortFile.BASELINES,
+    ]
+
+
+def transfer_metric_tables(cohort):
+    """The metric tables of the transfer runs into ``cohort``."""
+    return [
+        layout.transfer_dir(source, target) / CohortFile.METRICS
         for source, target in TRANSFER_PAIRS
         if target == cohort
     ]
+
+
+def cohort_summary_tables(cohort):
+    return cohort_metric_tables(cohort) + transfer_metric_tables(cohort)
 
 
 def demo_summary_inputs(wildcards):
@@ -518,12 +477,12 @@ def demo_summary_args(wildcards):
     for cohort in COHORTS:
         protocol = PROTOCOLS[COHORTS[cohort]["level"]]
         tables = ",".join(str(t) for t in cohort_summary_tables(cohort))
-        specs.append(f"--cohort '{cohort},{protocol},{tables}'")
+        specs.append(f"--cohort {shlex.quote(f'{cohort},{protocol},{tables}')}")
     return " ".join(specs)
 
 
 ABLATIONS = config["ablations"]
-ABLATION_DIR = RESULTS / "ablations" / "{variant}" / "{cohort}"
+ABLATION_DIR = layout.ablation_dir()
 
 
 def ablation_training(wildcards):
@@ -532,13 +491,15 @@ def ablation_training(wildcards):
 
 
 def ablation_fold_dir(wildcards):
-    return RESULTS / "ablations" / wildcards.variant / wildcards.cohort / wildcards.fold
+    return layout.ablation_fold_dir(wildcards.variant, wildcards.cohort, wildcards.fold)
 
 
 def ablation_fold_files(wildcards, name):
     """``name`` in every fold folder of ablation ``wildcards.variant`` of ``wildcards.cohort``."""
-    run = RESULTS / "ablations" / wildcards.variant / wildcards.cohort
-    return [run / fold / name for fold in fold_names(wildcards.cohort)]
+    return [
+        layout.ablation_fold_dir(wildcards.variant, wildcards.cohort, fold) / name
+        for fold in fold_names(wildcards.cohort)
+    ]
 
 
 def ablation_train_inputs(wildcards):
@@ -548,22 +509,21 @@ def ablation_train_inputs(wildcards):
 def ablation_predict_inputs(wildcards):
     scope = ablation_training(wildcards)["feature_scope"]
     inputs = feature_inputs(wildcards, scope) | sample_files_inputs(wildcards)
-    inputs["model"] = ablation_fold_dir(wildcards) / "model.json"
+    inputs["model"] = ablation_fold_dir(wildcards) / FoldFile.MODEL_DESCRIPTION
     return inputs
 
 
 def ablation_tables(cohort):
     """The main run, its transfer runs, then each ablation, all on the same folds."""
-    tables = [RESULTS / cohort / "metrics.tsv"]
-    tables += [
-        RESULTS / "transfer" / f"{source}_to_{target}" / "metrics.tsv"
-        for source, target in TRANSFER_PAIRS
-        if target == cohort
-    ]
-    return tables + [
-        RESULTS / "ablations" / variant / cohort / "metrics.tsv"
-        for variant in ABLATIONS["variants"]
-    ]
+    tables = [layout.cohort_dir(cohort) / CohortFile.METRICS]
+    return (
+        tables
+        + transfer_metric_tables(cohort)
+        + [
+            layout.ablation_dir(variant, cohort) / CohortFile.METRICS
+            for variant in ABLATIONS["variants"]
+        ]
+    )
 
 
 def ablation_table_inputs(wildcards):
@@ -575,14 +535,13 @@ def ablation_table_args(wildcards, protocols=True):
     for cohort in ABLATIONS["cohorts"]:
         protocol = [PROTOCOLS[COHORTS[cohort]["level"]]] if protocols else []
         fields = [cohort, *protocol, *(str(t) for t in ablation_tables(cohort))]
-        specs.append(f"--cohort '{','.join(fields)}'")
+        specs.append(f"--cohort {shlex.quote(','.join(fields))}")
     return " ".join(specs)
 
 
 def cohort_tables(cohort):
     """What a cohort's own target makes: its metric tables (and everything they need) and figures."""
-    tables = [RESULTS / cohort / "metrics.tsv", RESULTS / cohort / "baselines.tsv"]
-    return tables + list(plot_files(cohort).values())
+    return cohort_metric_tables(cohort) + list(plot_files(cohort).values())
 
 
 def cohort_targets_by_name():
@@ -600,23 +559,15 @@ def all_targets():
         sample_dir(cohort, sample) / name
         for cohort, sheet in SAMPLES.items()
         for sample in sheet.index
-        for name in (
-            "units.parquet",
-            "cells.parquet",
-            "targets.h5ad",
-            "features.npy",
-            "graph.npz",
-        )
+        for name in layout.SAMPLE_PRODUCTS
     ]
     cohort_tables = [
-        RESULTS / cohort / name
-        for cohort in COHORTS
-        for name in ("metrics.tsv", "baselines.tsv")
+        table for cohort in COHORTS for table in cohort_metric_tables(cohort)
     ]
     transfer_tables = [
-        RESULTS / "transfer" / f"{source}_to_{target}" / "metrics.tsv"
+        layout.transfer_dir(source, target) / CohortFile.METRICS
         for source, target in TRANSFER_PAIRS
     ]
-    summary = [RESULTS / "demo_summary.tsv"] if DEMO_ENABLED else []
+    summary = [RESULTS / layout.DEMO_SUMMARY] if DEMO_ENABLED else []
     figures = [path for cohort in COHORTS for path in plot_files(cohort).values()]
     return per_sample + cohort_tables + transfer_tables + summary + figures

@@ -17,6 +17,8 @@ rule doctor:
         stamp=DOCTOR_DIR / "{cohort}.ok",
     log:
         LOGS / "doctor" / "{cohort}.log",
+    benchmark:
+        BENCHMARKS / "doctor" / "{cohort}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -37,3 +39,4 @@ rule doctor:
 rule preflight:
     input:
         [DOCTOR_DIR / f"{cohort}.txt" for cohort in COHORTS],
+    localrule: True

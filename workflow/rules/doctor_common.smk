@@ -2,7 +2,7 @@
 import shlex
 
 DOCTOR = config["doctor"]
-DOCTOR_DIR = RESULTS / "doctor"
+DOCTOR_DIR = layout.doctor_dir()
 
 
 def doctor_stamp(wildcards):

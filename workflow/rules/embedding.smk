@@ -17,12 +17,12 @@ def embed_inputs(wildcards):
     folder = sample_dir(wildcards.cohort, wildcards.sample)
     if EMBED_MODE == "crop" and FEATURES["encoder"] in NUCLEAR_FEATURE_ENCODERS:
         # The morphology encoders measure each nucleus under its outline (bitro.features.morphology).
-        return {"crops": folder / "crops.zarr", "cells": folder / "cells.parquet"}
+        return {"crops": folder / SampleFile.CROPS, "cells": folder / SampleFile.CELLS}
     if EMBED_MODE == "crop":
-        return {"crops": folder / "crops.zarr"}
+        return {"crops": folder / SampleFile.CROPS}
     return sample_inputs(wildcards) | {
-        "cells": folder / "cells.parquet",
-        "stain": folder / "stain.json",
+        "cells": folder / SampleFile.CELLS,
+        "stain": folder / SampleFile.STAIN,
     }
 
 

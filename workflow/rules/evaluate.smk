@@ -5,9 +5,9 @@ rule predict:
     input:
         unpack(predict_inputs),
     output:
-        predictions=FOLD_DIR / "predictions.h5ad",
-        cells=FOLD_DIR / "cells_pred.h5ad",
-        metrics=FOLD_DIR / "metrics.tsv",
+        predictions=FOLD_DIR / FoldFile.PREDICTIONS,
+        cells=FOLD_DIR / FoldFile.CELL_PREDICTIONS,
+        metrics=FOLD_DIR / FoldFile.METRICS,
     log:
         LOGS / "predict" / "{cohort}" / "{fold}.log",
     benchmark:
@@ -35,8 +35,8 @@ rule baselines:
     input:
         unpack(baseline_inputs),
     output:
-        metrics=FOLD_DIR / "baselines.tsv",
-        predictions=FOLD_DIR / "baselines.h5ad",
+        metrics=FOLD_DIR / FoldFile.BASELINES,
+        predictions=FOLD_DIR / FoldFile.BASELINE_PREDICTIONS,
     log:
         LOGS / "baselines" / "{cohort}" / "{fold}.log",
     benchmark:
@@ -61,15 +61,16 @@ rule baselines:
 
 rule cohort_metrics:
     input:
-        metrics=lambda wc: fold_files(wc.cohort, "metrics.tsv"),
-        baselines=lambda wc: fold_files(wc.cohort, "baselines.tsv"),
-        predictions=out_of_fold_files("predictions.h5ad"),
-        baseline_predictions=out_of_fold_files("baselines.h5ad"),
+        metrics=lambda wc: fold_files(wc.cohort, FoldFile.METRICS),
+        baselines=lambda wc: fold_files(wc.cohort, FoldFile.BASELINES),
+        predictions=out_of_fold_files(FoldFile.PREDICTIONS),
+        baseline_predictions=out_of_fold_files(FoldFile.BASELINE_PREDICTIONS),
     output:
-        metrics=COHORT_DIR / "metrics.tsv",
-        baselines=COHORT_DIR / "baselines.tsv",
+        metrics=COHORT_DIR / CohortFile.METRICS,
+        baselines=COHORT_DIR / CohortFile.BASELINES,
     log:
         LOGS / "cohort_metrics" / "{cohort}.log",
+    localrule: True
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -86,9 +87,10 @@ rule demo_summary:
     input:
         unpack(demo_summary_inputs),
     output:
-        RESULTS / "demo_summary.tsv",
+        RESULTS / layout.DEMO_SUMMARY,
     log:
         LOGS / "demo_summary.log",
+    localrule: True
     conda:
         "../../envs/bitro.yaml"
     threads: 1

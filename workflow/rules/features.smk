@@ -9,8 +9,8 @@ rule embed:
     input:
         unpack(embed_inputs),
     output:
-        embeddings=SAMPLE_DIR / "embeddings.npy",
-        description=SAMPLE_DIR / "embeddings.json",
+        embeddings=SAMPLE_DIR / SampleFile.EMBEDDINGS,
+        description=SAMPLE_DIR / SampleFile.EMBEDDINGS_DESCRIPTION,
     log:
         LOGS / "embed" / "{cohort}" / "{sample}.log",
     benchmark:
@@ -38,12 +38,14 @@ rule embed:
 
 rule reduce:
     input:
-        embeddings=SAMPLE_DIR / "embeddings.npy",
-        description=SAMPLE_DIR / "embeddings.json",
+        embeddings=SAMPLE_DIR / SampleFile.EMBEDDINGS,
+        description=SAMPLE_DIR / SampleFile.EMBEDDINGS_DESCRIPTION,
     output:
-        SAMPLE_DIR / "features.npy",
+        SAMPLE_DIR / SampleFile.FEATURES,
     log:
         LOGS / "reduce" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "reduce" / "{cohort}" / "{sample}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -59,11 +61,13 @@ rule reduce:
 
 rule graph:
     input:
-        SAMPLE_DIR / "cells.parquet",
+        SAMPLE_DIR / SampleFile.CELLS,
     output:
-        SAMPLE_DIR / "graph.npz",
+        SAMPLE_DIR / SampleFile.GRAPH,
     log:
         LOGS / "graph" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "graph" / "{cohort}" / "{sample}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1

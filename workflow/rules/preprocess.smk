@@ -6,10 +6,12 @@ rule tissue:
         unpack(sample_inputs),
         doctor=doctor_stamp,
     output:
-        mask=SAMPLE_DIR / "tissue.npz",
-        geojson=SAMPLE_DIR / "tissue.geojson",
+        mask=SAMPLE_DIR / SampleFile.TISSUE,
+        geojson=SAMPLE_DIR / SampleFile.TISSUE_GEOJSON,
     log:
         LOGS / "tissue" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "tissue" / "{cohort}" / "{sample}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -27,11 +29,13 @@ rule tissue:
 rule units:
     input:
         unpack(sample_inputs),
-        tissue=SAMPLE_DIR / "tissue.npz",
+        tissue=SAMPLE_DIR / SampleFile.TISSUE,
     output:
-        SAMPLE_DIR / "units.parquet",
+        SAMPLE_DIR / SampleFile.UNITS,
     log:
         LOGS / "units" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "units" / "{cohort}" / "{sample}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1
@@ -56,6 +60,8 @@ if not STAIN_TARGET_IS_REFERENCE:
             STAIN_REFERENCE,
         log:
             LOGS / "stain_reference.log",
+        benchmark:
+            BENCHMARKS / "stain_reference.tsv"
         conda:
             "../../envs/bitro.yaml"
         threads: 1
@@ -69,10 +75,10 @@ if not STAIN_TARGET_IS_REFERENCE:
 rule stain:
     input:
         unpack(sample_inputs),
-        tissue=SAMPLE_DIR / "tissue.npz",
+        tissue=SAMPLE_DIR / SampleFile.TISSUE,
         reference=STAIN_REFERENCE,
     output:
-        SAMPLE_DIR / "stain.json",
+        SAMPLE_DIR / SampleFile.STAIN,
     log:
         LOGS / "stain" / "{cohort}" / "{sample}.log",
     benchmark:
@@ -100,7 +106,7 @@ rule cellvit_script:
         doctor=doctor_stamp,
         model=CELLVIT_MODEL,
     output:
-        SAMPLE_DIR / "cellvit" / "run.sh",
+        SAMPLE_DIR / SampleFile.CELLVIT_SCRIPT,
     log:
         LOGS / "cellvit_script" / "{cohort}" / "{sample}.log",
     conda:
@@ -111,7 +117,7 @@ rule cellvit_script:
         runtime=10,
     params:
         sample=sample_args,
-        outdir=lambda wc: sample_dir(wc.cohort, wc.sample) / "cellvit" / "output",
+        outdir=lambda wc: sample_dir(wc.cohort, wc.sample) / SampleFile.CELLVIT_OUTPUT,
         taxonomy=CELLVIT["taxonomy"],
         batch=CELLVIT["batch_size"],
     shell:
@@ -122,9 +128,9 @@ rule cellvit_script:
 rule segment_cellvit:
     input:
         unpack(sample_inputs),
-        script=SAMPLE_DIR / "cellvit" / "run.sh",
+        script=SAMPLE_DIR / SampleFile.CELLVIT_SCRIPT,
     output:
-        directory(SAMPLE_DIR / "cellvit" / "output"),
+        directory(SAMPLE_DIR / SampleFile.CELLVIT_OUTPUT),
     log:
         LOGS / "segment_cellvit" / "{cohort}" / "{sample}.log",
     benchmark:
@@ -168,10 +174,10 @@ rule cells:
 rule crops:
     input:
         unpack(sample_inputs),
-        cells=SAMPLE_DIR / "cells.parquet",
-        stain=SAMPLE_DIR / "stain.json",
+        cells=SAMPLE_DIR / SampleFile.CELLS,
+        stain=SAMPLE_DIR / SampleFile.STAIN,
     output:
-        directory(SAMPLE_DIR / "crops.zarr"),
+        crops_output(),
     log:
         LOGS / "crops" / "{cohort}" / "{sample}.log",
     benchmark:

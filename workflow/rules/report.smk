@@ -3,7 +3,9 @@
 # subcategory per kind of figure, captions in workflow/report/. One plot rule per cohort, since a cohort's
 # figures depend on its number of folds.
 
-# Output name prefix -> (subcategory, caption, what the file shows).
+from bitro.layout import figure_kind, figure_names
+
+# Kind of figure (bitro.layout.figure_kind) -> (subcategory, caption, what the file shows).
 REPORT_KINDS = {
     "spatial": ("Spot maps", "spatial.rst", "spot maps"),
     "cells": ("Cell maps", "cells.rst", "cell maps"),
@@ -17,34 +19,16 @@ REPORT_KINDS = {
 
 
 def plot_files(cohort):
-    """What `bitro plot` writes for a cohort, as bitro.plot.cohort.figure_names: output name -> path."""
-    level = COHORTS[cohort]["level"]
-    names = {}
-    for fold in fold_names(cohort):
-        if level in ("st", "xenium"):
-            names[f"spatial_{fold}"] = f"{fold}_spatial.png"
-        if level in ("xenium", "bulk"):
-            names[f"cells_{fold}"] = f"{fold}_cells.png"
-    names |= {
-        "pcc_genes": "pcc_genes.png",
-        "pcc_table": "pcc_genes.tsv",
-        "baselines": "baselines.png",
-        "training": "training.png",
-        "summary": "summary.tsv",
-        "metrics": "metrics_by_fold.tsv",
-    }
-    return {key: RESULTS / cohort / "figures" / name for key, name in names.items()}
+    """What `bitro plot` writes for a cohort (bitro.layout.figure_names): output name -> path."""
+    names = figure_names(COHORTS[cohort]["level"], fold_names(cohort))
+    return {key: layout.figures_dir(cohort) / name for key, name in names.items()}
 
 
 def plot_outputs(cohort):
     """plot_files(cohort), each marked for the report with its category, subcategory and caption."""
     outputs = {}
     for key, path in plot_files(cohort).items():
-        kind, fold = (
-            key.split("_", 1)
-            if key.startswith(("spatial_", "cells_"))
-            else (key, "all")
-        )
+        kind, fold = figure_kind(key)
         subcategory, caption, content = REPORT_KINDS[kind]
         outputs[key] = report(
             path,
@@ -58,11 +42,11 @@ def plot_outputs(cohort):
 
 def plot_inputs(cohort):
     inputs = {
-        "metrics": RESULTS / cohort / "metrics.tsv",
-        "baselines": RESULTS / cohort / "baselines.tsv",
-        "folds": RESULTS / cohort / "folds.json",
+        "metrics": layout.cohort_dir(cohort) / CohortFile.METRICS,
+        "baselines": layout.cohort_dir(cohort) / CohortFile.BASELINES,
+        "folds": layout.cohort_dir(cohort) / CohortFile.FOLDS,
     }
-    for name in ("predictions.h5ad", "cells_pred.h5ad", "train_log.csv"):
+    for name in (FoldFile.PREDICTIONS, FoldFile.CELL_PREDICTIONS, FoldFile.TRAIN_LOG):
         inputs[name.split(".")[0]] = fold_files(cohort, name)
     return inputs
 
@@ -78,6 +62,8 @@ for plot_cohort in COHORTS:
             **plot_outputs(plot_cohort),
         log:
             LOGS / "plot" / f"{plot_cohort}.log",
+        benchmark:
+            BENCHMARKS / "plot" / f"{plot_cohort}.tsv"
         conda:
             "../../envs/bitro.yaml"
         threads: 1
@@ -87,8 +73,8 @@ for plot_cohort in COHORTS:
         params:
             cohort=plot_cohort,
             level=COHORTS[plot_cohort]["level"],
-            cohort_dir=RESULTS / plot_cohort,
-            out_dir=RESULTS / plot_cohort / "figures",
+            cohort_dir=layout.cohort_dir(plot_cohort),
+            out_dir=layout.figures_dir(plot_cohort),
             folds=" ".join(fold_names(plot_cohort)),
         shell:
             "bitro plot --cohort-dir {params.cohort_dir} --out-dir {params.out_dir} --cohort {params.cohort} "

@@ -4,11 +4,13 @@
 rule targets:
     input:
         unpack(sample_inputs),
-        units=SAMPLE_DIR / "units.parquet",
+        units=SAMPLE_DIR / SampleFile.UNITS,
     output:
-        SAMPLE_DIR / "targets.h5ad",
+        SAMPLE_DIR / SampleFile.TARGETS,
     log:
         LOGS / "targets" / "{cohort}" / "{sample}.log",
+    benchmark:
+        BENCHMARKS / "targets" / "{cohort}" / "{sample}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 1

@@ -5,9 +5,9 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        model=FOLD_DIR / "model.safetensors",
-        description=FOLD_DIR / "model.json",
-        log_csv=FOLD_DIR / "train_log.csv",
+        model=FOLD_DIR / FoldFile.MODEL_WEIGHTS,
+        description=FOLD_DIR / FoldFile.MODEL_DESCRIPTION,
+        log_csv=FOLD_DIR / FoldFile.TRAIN_LOG,
     log:
         LOGS / "train" / "{cohort}" / "{fold}.log",
     benchmark:
@@ -32,5 +32,5 @@ rule train:
     shell:
         "bitro train --samples-dir {params.samples_dir} --folds {input.folds} --fold {wildcards.fold} "
         "--genes {input.genes} --phenotypes {input.phenotypes} --scope {params.scope} {params.basis} "
-        "{params.zscore} --params-json '{params.settings}' --device {params.device} --quiet --threads {threads} "
+        "{params.zscore} --params-json {params.settings:q} --device {params.device} --quiet --threads {threads} "
         "--out-dir {params.out_dir} > {log} 2>&1"

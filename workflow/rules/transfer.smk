@@ -5,8 +5,8 @@ rule transfer_pretrain:
     input:
         unpack(pretrain_inputs),
     output:
-        model=TRANSFER_DIR / "pretrain" / "model.safetensors",
-        description=TRANSFER_DIR / "pretrain" / "model.json",
+        model=TRANSFER_PRETRAIN_DIR / FoldFile.MODEL_WEIGHTS,
+        description=TRANSFER_PRETRAIN_DIR / FoldFile.MODEL_DESCRIPTION,
     log:
         LOGS / "transfer_pretrain" / "{source}_to_{target}.log",
     benchmark:
@@ -19,11 +19,8 @@ rule transfer_pretrain:
         runtime=24 * 60,
         gpu=TRAINING["gpu"],
     params:
-        source_samples=lambda wc: RESULTS / wc.source / "samples",
-        out_dir=lambda wc: RESULTS
-        / "transfer"
-        / f"{wc.source}_to_{wc.target}"
-        / "pretrain",
+        source_samples=lambda wc: layout.samples_dir(wc.source),
+        out_dir=transfer_pretrain_dir,
         zscore="" if TRAINING["zscore"] else "--no-zscore",
         settings=pretrain_settings,
         device="cuda" if TRAINING["gpu"] else "cpu",
@@ -31,7 +28,7 @@ rule transfer_pretrain:
         "bitro transfer-pretrain --source-samples-dir {params.source_samples} "
         "--source-genes {input.source_genes} --source-sheet {input.source_sheet} "
         "--source-folds {input.source_folds} --target-folds {input.target_folds} "
-        "--target-sheet {input.target_sheet} {params.zscore} --params-json '{params.settings}' "
+        "--target-sheet {input.target_sheet} {params.zscore} --params-json {params.settings:q} "
         "--device {params.device} --quiet --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -39,8 +36,8 @@ rule transfer_finetune:
     input:
         unpack(finetune_inputs),
     output:
-        model=TRANSFER_DIR / "{fold}" / "model.safetensors",
-        description=TRANSFER_DIR / "{fold}" / "model.json",
+        model=TRANSFER_DIR / "{fold}" / FoldFile.MODEL_WEIGHTS,
+        description=TRANSFER_DIR / "{fold}" / FoldFile.MODEL_DESCRIPTION,
     log:
         LOGS / "transfer" / "{source}_to_{target}" / "{fold}.log",
     benchmark:
@@ -53,11 +50,8 @@ rule transfer_finetune:
         runtime=24 * 60,
         gpu=TRAINING["gpu"],
     params:
-        pretrain_dir=lambda wc: RESULTS
-        / "transfer"
-        / f"{wc.source}_to_{wc.target}"
-        / "pretrain",
-        target_samples=lambda wc: RESULTS / wc.target / "samples",
+        pretrain_dir=transfer_pretrain_dir,
+        target_samples=lambda wc: layout.samples_dir(wc.target),
         out_dir=transfer_fold_dir,
         mode=TRANSFER["mode"],
         zscore="" if TRAINING["zscore"] else "--no-zscore",
@@ -67,7 +61,7 @@ rule transfer_finetune:
         "bitro transfer --pretrain-dir {params.pretrain_dir} --target-samples-dir {params.target_samples} "
         "--target-folds {input.folds} --fold {wildcards.fold} --target-genes {input.genes} "
         "--target-sheet {input.target_sheet} --phenotypes {input.phenotypes} --mode {params.mode} "
-        "{params.zscore} --params-json '{params.settings}' --device {params.device} --quiet --threads {threads} "
+        "{params.zscore} --params-json {params.settings:q} --device {params.device} --quiet --threads {threads} "
         "--out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -75,11 +69,13 @@ rule transfer_predict:
     input:
         unpack(transfer_predict_inputs),
     output:
-        predictions=TRANSFER_DIR / "{fold}" / "predictions.h5ad",
-        cells=TRANSFER_DIR / "{fold}" / "cells_pred.h5ad",
-        metrics=TRANSFER_DIR / "{fold}" / "metrics.tsv",
+        predictions=TRANSFER_DIR / "{fold}" / FoldFile.PREDICTIONS,
+        cells=TRANSFER_DIR / "{fold}" / FoldFile.CELL_PREDICTIONS,
+        metrics=TRANSFER_DIR / "{fold}" / FoldFile.METRICS,
     log:
         LOGS / "transfer_predict" / "{source}_to_{target}" / "{fold}.log",
+    benchmark:
+        BENCHMARKS / "transfer_predict" / "{source}_to_{target}" / "{fold}.tsv"
     conda:
         "../../envs/bitro.yaml"
     threads: 2
@@ -88,7 +84,7 @@ rule transfer_predict:
         runtime=120,
         gpu=TRAINING["gpu"],
     params:
-        target_samples=lambda wc: RESULTS / wc.target / "samples",
+        target_samples=lambda wc: layout.samples_dir(wc.target),
         model_dir=transfer_fold_dir,
         xenium=lambda wc: xenium_root_arg(_as_cohort(wc, wc.target)),
         name=f"bitro_transfer_{TRANSFER['mode']}",
@@ -101,16 +97,17 @@ rule transfer_predict:
 
 rule transfer_metrics:
     input:
-        metrics=lambda wc: transfer_fold_files(wc, "metrics.tsv"),
+        metrics=lambda wc: transfer_fold_files(wc, FoldFile.METRICS),
         predictions=lambda wc: (
-            transfer_fold_files(wc, "predictions.h5ad")
+            transfer_fold_files(wc, FoldFile.PREDICTIONS)
             if out_of_fold(wc.target)
             else []
         ),
     output:
-        TRANSFER_DIR / "metrics.tsv",
+        TRANSFER_DIR / CohortFile.METRICS,
     log:
         LOGS / "transfer_metrics" / "{source}_to_{target}.log",
+    localrule: True
     conda:
         "../../envs/bitro.yaml"
     threads: 1

@@ -10,9 +10,8 @@ from typing import Any
 
 from bitro._atomic import atomic_path
 from bitro.errors import InputError, UsageError
-from bitro.options import FORMATS
+from bitro.options import FORMAT_LEVELS, FORMATS
 
-LEVELS = {"hest": "st", "tcga": "bulk", "xenium": "xenium"}
 #: Content of ``--stamp``: fixed, so that Snakemake, which compares small inputs by checksum, sees a
 #: rewritten stamp as unchanged.
 STAMP = "bitro doctor: no check failed\n"
@@ -61,7 +60,7 @@ def _with_sheet(config: dict[str, Any], args: argparse.Namespace) -> tuple[dict[
         return config, args.cohort
     if args.format is not None and args.root is not None:
         name = args.cohort[0] if args.cohort else args.samples.stem
-        cohort = {"level": LEVELS[args.format], "format": args.format, "root": str(args.root)}
+        cohort = {"level": FORMAT_LEVELS[args.format], "format": args.format, "root": str(args.root)}
     elif args.cohort and len(args.cohort) == 1 and args.cohort[0] in cohorts:
         name, cohort = args.cohort[0], dict(cohorts[args.cohort[0]])
     else:

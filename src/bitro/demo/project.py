@@ -15,6 +15,7 @@ import yaml
 
 from bitro.demo.cohorts import demo_sample_ids
 from bitro.demo.config import preset
+from bitro.layout import demo_data_dir
 
 #: (layout, level) of each cohort; the cohort is named ``small_{level}``.
 SMALL_LAYOUTS = (("hest", "st"), ("tcga", "bulk"), ("xenium", "xenium"))
@@ -44,7 +45,7 @@ def write_small_project(
         cohorts[f"small_{level}"] = {
             "level": level,
             "format": layout,
-            "root": f"results/demo_data/{layout}",
+            "root": str(demo_data_dir() / layout),
             "samples": f"config/{layout}.tsv",
             "generated_by_demo": True,
         }
@@ -52,7 +53,7 @@ def write_small_project(
     config = {
         **SMALL_SETTINGS,
         **(settings or {}),
-        "demo": {"generate": True, "outdir": "results/demo_data", "seed": seed, "preset": "small"},
+        "demo": {"generate": True, "outdir": str(demo_data_dir()), "seed": seed, "preset": "small"},
         "cohorts": cohorts,
     }
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

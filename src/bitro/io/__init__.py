@@ -10,6 +10,7 @@ from bitro.io.sample import Sample
 from bitro.io.slides import Slide, open_slide
 from bitro.io.tcga import list_tcga_slides, read_tcga_cohort, read_tcga_expression, read_tcga_slide
 from bitro.io.xenium import read_xenium_section
+from bitro.layout import xenium_bundle
 
 __all__ = [
     "Sample",
@@ -60,6 +61,5 @@ def read_sample(kind: str, root: str | Path, sample_id: str, *, mpp: float | Non
     if key in ("tcga", "bulk"):
         return read_tcga_slide(root, sample_id, mpp=mpp)
     if key == "xenium":
-        bundle = Path(root) / sample_id
-        return read_xenium_section(bundle if bundle.is_dir() else root, sample_id=sample_id, mpp=mpp)
+        return read_xenium_section(xenium_bundle(Path(root), sample_id), sample_id=sample_id, mpp=mpp)
     raise ValueError(f"unknown sample kind {kind!r}; expected 'hest', 'st', 'tcga', 'bulk' or 'xenium'")

@@ -26,31 +26,25 @@ from bitro.io.validate import (
     require_dir,
     require_file,
 )
+from bitro.layout import hest_expression, hest_metadata, hest_segmentations, hest_slide
 
 CellsChoice = Literal["auto", "parquet", "geojson", "none"]
 
-_SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf")
-
 
 def _slide_path(root: Path, sample_id: str) -> Path:
-    """Return ``wsis/{id}.tif`` (or another slide suffix when that is what is there)."""
-    default = root / "wsis" / f"{sample_id}.tif"
-    if default.is_file():
-        return default
-    for suffix in _SLIDE_SUFFIXES:
-        candidate = root / "wsis" / f"{sample_id}{suffix}"
-        if candidate.is_file():
-            return candidate
-    raise MissingInputError(default, "HEST whole-slide image")
+    """Return ``wsis/{id}.tif`` (or another slide suffix when that is what is there,
+    :func:`bitro.layout.hest_slide`)."""
+    path = hest_slide(root, sample_id)
+    if not path.is_file():
+        raise MissingInputError(path, "HEST whole-slide image")
+    return path
 
 
 def _cells_path(root: Path, sample_id: str, cells: CellsChoice) -> Path | None:
     """Return the segmentation file to read for ``cells``, or ``None`` when there is none to read."""
     if cells not in ("auto", "parquet", "geojson", "none"):
         raise ValueError(f"cells must be 'auto', 'parquet', 'geojson' or 'none', got {cells!r}")
-    base = root / "cellvit_seg" / f"{sample_id}_cellvit_seg"
-    parquet = base.with_name(base.name + ".parquet")
-    geojsons = [base.with_name(base.name + ".geojson"), base.with_name(base.name + ".geojson.zip")]
+    parquet, *geojsons = hest_segmentations(root, sample_id)
     if cells == "none":
         return None
     if cells in ("auto", "parquet") and parquet.is_file():
@@ -159,8 +153,8 @@ def read_hest_sample(
         spots, no pixel size).
     """
     root = require_dir(root, "HEST directory")
-    h5ad_path = require_file(root / "st" / f"{sample_id}.h5ad", "HEST spot expression (.h5ad)")
-    meta_path = root / "metadata" / f"{sample_id}.json"
+    h5ad_path = require_file(hest_expression(root, sample_id), "HEST spot expression (.h5ad)")
+    meta_path = hest_metadata(root, sample_id)
     metadata = read_json(meta_path, "HEST metadata JSON")
     slide_path = _slide_path(root, sample_id)
     cells_path = _cells_path(root, sample_id, cells)

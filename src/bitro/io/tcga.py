@@ -16,8 +16,10 @@ from bitro.errors import InputError
 from bitro.io.sample import Sample
 from bitro.io.slides import open_slide
 from bitro.io.validate import check_counts, check_unique, require_dir, require_file
+from bitro.layout import TCGA_SLIDE_SUFFIXES, is_tcga_slide, tcga_expression, tcga_slides_dir
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi")
+#: Slide suffixes of a TCGA cohort's ``slides/`` (:data:`bitro.layout.TCGA_SLIDE_SUFFIXES`).
+SLIDE_SUFFIXES = TCGA_SLIDE_SUFFIXES
 _BARCODE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}(-[A-Z0-9]+)*$", re.IGNORECASE)
 _TPM_TOTAL = 1e6
 
@@ -236,10 +238,10 @@ def list_tcga_slides(root: str | Path) -> pd.DataFrame:
     MissingInputError, InputError
         ``slides/`` is missing or empty, a file name is not a TCGA barcode, or two files share one.
     """
-    slides_dir = require_dir(Path(root) / "slides", "TCGA slides directory")
+    slides_dir = require_dir(tcga_slides_dir(Path(root)), "TCGA slides directory")
     rows: list[dict[str, Any]] = []
     for path in sorted(slides_dir.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in SLIDE_SUFFIXES or path.name.startswith("."):
+        if not path.is_file() or not is_tcga_slide(path):
             continue
         stem = path.name[: -len(path.suffix)]
         barcode, _, uuid = stem.partition(".")
@@ -267,7 +269,7 @@ def list_tcga_slides(root: str | Path) -> pd.DataFrame:
 
 def _expression_paths(root: Path) -> tuple[Path, Path]:
     """Return ``expression/tpm.tsv`` and ``expression/gene_map.tsv`` under ``root``."""
-    return root / "expression" / "tpm.tsv", root / "expression" / "gene_map.tsv"
+    return tcga_expression(root)
 
 
 def _aliquots_for(expression: ad.AnnData, sample_code: str) -> list[str]:
@@ -358,7 +360,7 @@ def read_tcga_slide(
     slides = list_tcga_slides(root)
     match = slides[slides["slide_id"] == str(slide_id).upper()]
     if match.empty:
-        raise InputError(root / "slides", f"no slide with barcode {slide_id!r}")
+        raise InputError(tcga_slides_dir(root), f"no slide with barcode {slide_id!r}")
     tpm_path, map_path = _expression_paths(root)
     if expression is None:
         expression = read_tcga_expression(tpm_path, map_path)

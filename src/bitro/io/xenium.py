@@ -30,6 +30,17 @@ from bitro.io.validate import (
     require_dir,
     require_file,
 )
+from bitro.layout import (
+    XENIUM_ALIGNMENT,
+    XENIUM_ALIGNMENT_PATTERN,
+    XENIUM_CELL_BOUNDARIES,
+    XENIUM_CELLS,
+    XENIUM_EXPERIMENT,
+    XENIUM_HE_IMAGE,
+    XENIUM_HE_IMAGE_PATTERN,
+    XENIUM_MATRIX,
+    bundle_file,
+)
 
 GENE_FEATURE_TYPE = "Gene Expression"
 
@@ -158,13 +169,7 @@ def alignment_mpp(alignment: np.ndarray, pixel_size: float) -> float:
 
 def _find(root: Path, name: str, pattern: str, what: str) -> Path:
     """Return ``root/name``, or the single file matching ``pattern`` (e.g. a prefixed export)."""
-    exact = root / name
-    if exact.is_file():
-        return exact
-    matches = sorted(p for p in root.glob(pattern) if p.is_file())
-    if len(matches) == 1:
-        return matches[0]
-    return require_file(exact, what)
+    return require_file(bundle_file(root, name, pattern), what)
 
 
 def _cell_ids(values: pd.Series) -> pd.Series:
@@ -276,15 +281,17 @@ def read_xenium_section(
     """
     root = require_dir(root, "Xenium output directory")
     sample_id = sample_id or root.resolve().name
-    experiment_path = root / "experiment.xenium"
+    experiment_path = root / XENIUM_EXPERIMENT
     experiment = read_json(experiment_path, "Xenium experiment file (experiment.xenium)")
     pixel_size = positive_number(experiment.get("pixel_size"))
     if pixel_size is None:
         raise InputError(experiment_path, "pixel_size (µm per morphology pixel) is missing or not positive")
-    cells_path = require_file(root / "cells.parquet", "Xenium cell table (cells.parquet)")
-    matrix_path = require_file(root / "cell_feature_matrix.h5", "Xenium cell feature matrix")
-    slide_path = _find(root, "he_image.ome.tif", "*he_image*.tif*", "registered H&E image (he_image.ome.tif)")
-    alignment = read_alignment(_find(root, "he_imagealignment.csv", "*imagealignment.csv", "H&E alignment"))
+    cells_path = require_file(root / XENIUM_CELLS, "Xenium cell table (cells.parquet)")
+    matrix_path = require_file(root / XENIUM_MATRIX, "Xenium cell feature matrix")
+    slide_path = _find(
+        root, XENIUM_HE_IMAGE, XENIUM_HE_IMAGE_PATTERN, "registered H&E image (he_image.ome.tif)"
+    )
+    alignment = read_alignment(_find(root, XENIUM_ALIGNMENT, XENIUM_ALIGNMENT_PATTERN, "H&E alignment"))
 
     implied = alignment_mpp(alignment, pixel_size)
     he_mpp, mpp_source, dims = _section_mpp(slide_path, mpp, implied)
@@ -313,7 +320,7 @@ def read_xenium_section(
     adata = ad.AnnData(X=counts, obs=obs, var=var)
     adata.obsm["spatial"] = xy_px
 
-    boundaries_path = root / "cell_boundaries.parquet"
+    boundaries_path = root / XENIUM_CELL_BOUNDARIES
     geometry = (
         _read_boundaries(boundaries_path, pd.Index(barcodes), alignment, pixel_size)
         if boundaries_path.is_file()

@@ -23,7 +23,7 @@ from bitro.errors import InputError
 from bitro.evaluate.splits import read_folds
 from bitro.evaluate.summary import headline_rows
 from bitro.io.validate import require_file
-from bitro.options import LEVELS
+from bitro.layout import figure_names, figures_dir
 from bitro.plot._figure import DPI
 from bitro.plot.baselines import plot_baselines, read_table
 from bitro.plot.cells import plot_cells
@@ -36,15 +36,6 @@ log = logging.getLogger("bitro")
 
 PROTOCOLS = {"loo": "leave-one-out", "patient": "patient split", "strips": "spatial strips"}
 LEVEL_PROTOCOLS = {"st": "leave-one-out", "bulk": "patient split", "xenium": "spatial strips"}
-#: The cohort-wide outputs: key (the workflow's output name) → file name.
-COHORT_FILES = {
-    "pcc_genes": "pcc_genes.png",
-    "pcc_table": "pcc_genes.tsv",
-    "baselines": "baselines.png",
-    "training": "training.png",
-    "summary": "summary.tsv",
-    "metrics": "metrics_by_fold.tsv",
-}
 #: Columns of ``metrics_by_fold.tsv``, where the cohort tables have them.
 FOLD_COLUMNS = [
     "fold",
@@ -63,19 +54,6 @@ FOLD_COLUMNS = [
     "n_undefined_genes",
     "n_undefined_units",
 ]
-
-
-def figure_names(level: str, folds: Sequence[str]) -> dict[str, str]:
-    """Every file :func:`plot_cohort` writes for a cohort of ``level`` and ``folds``: key → file name."""
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
-    names: dict[str, str] = {}
-    for fold in folds:
-        if level in ("st", "xenium"):
-            names[f"spatial_{fold}"] = f"{fold}_spatial.png"
-        if level in ("xenium", "bulk"):
-            names[f"cells_{fold}"] = f"{fold}_cells.png"
-    return names | COHORT_FILES
 
 
 def detect_level(cohort_dir: str | os.PathLike[str]) -> str:
@@ -154,7 +132,7 @@ def plot_cohort(
     ``predictions.h5ad``, ``cells_pred.h5ad`` and ``train_log.csv``.
     """
     cohort_dir = Path(cohort_dir)
-    out = Path(out_dir) if out_dir is not None else cohort_dir / "figures"
+    out = Path(out_dir) if out_dir is not None else figures_dir(cohort_dir.name, cohort_dir.parent)
     level = detect_level(cohort_dir) if level == "auto" else level
     folds = list(folds) if folds else cohort_folds(cohort_dir)
     name = cohort or cohort_dir.name
