@@ -9,47 +9,13 @@ import pytest
 import torch
 
 from bitro.errors import InputError
-from bitro.features.graph import knn_graphs
 from bitro.genes.normalise import TargetTransform
 from bitro.model.bitro import BiTro, BiTroConfig
 from bitro.train.checkpoint import load_model, save_model
 from bitro.train.data import SampleData, collate, make_bags
 from bitro.train.fit import TrainConfig, fit
 from bitro.train.run import _pcc_gene, predict_bags
-
-GENES = [f"G{i}" for i in range(6)]
-
-
-def synthetic_sample(seed: int, *, level: str = "st", n_units: int = 40, features: int = 16) -> SampleData:
-    """Spots whose counts follow the mean of a hidden linear read-out of their cells' features."""
-    rng = np.random.default_rng(seed)
-    sizes = rng.integers(1, 14, size=n_units)
-    unit_id = np.repeat(np.arange(n_units), sizes)
-    centres = np.column_stack([np.arange(n_units) * 100.0, np.zeros(n_units)])
-    xy = centres[unit_id] + rng.normal(0, 12, size=(len(unit_id), 2))
-    graph = knn_graphs(xy[:, 0], xy[:, 1], unit_id, k=4)
-    rows = graph.cell_index.astype(np.int64)
-    x = rng.normal(size=(len(unit_id), features)).astype(np.float32)
-    weights = np.random.default_rng(99).normal(size=(features, len(GENES)))
-    rate = np.exp(1.5 + 0.6 * np.tanh(x @ weights))
-    per_unit = np.zeros((n_units, len(GENES)))
-    np.add.at(per_unit, unit_id, rate)
-    counts = rng.poisson(per_unit).astype(np.float64)
-    if level == "bulk":
-        counts = counts.sum(axis=0, keepdims=True)
-    unit_of_cell = np.repeat(np.arange(len(graph.unit_ids)), np.diff(graph.cell_offsets))
-    return SampleData(
-        sample_id=f"S{seed}",
-        level=level,
-        features=x[rows],
-        offsets_um=(xy[rows] - centres[graph.unit_ids][unit_of_cell]).astype(np.float32),
-        phenotype=(x[rows, 0] > 0).astype(np.int64),
-        cell_rows=rows,
-        graph=graph,
-        unit_xy_um=centres[graph.unit_ids],
-        targets=counts,
-        space="counts" if level == "st" else "tpm",
-    )
+from tiny_cohorts import GENES, synthetic_sample
 
 
 def _model(features: int = 16, **overrides: object) -> BiTro:
