@@ -21,9 +21,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bitro.train.fit import TrainConfig
+from bitro.train.config import TrainConfig
+from bitro.train.finetune import transfer_fold
+from bitro.train.pipeline import LoraOptions
+from bitro.train.pretrain import pretrain
 from bitro.train.run import train_fold
-from bitro.train.transfer import LoraOptions, pretrain, transfer_fold
 from tiny_cohorts import TINY, UNIVERSE, write_cohort
 
 #: sha256 of the weights of each run, recorded before the refactoring.

@@ -10,14 +10,14 @@ import numpy as np
 import torch
 
 from bitro.cli import main
-from bitro.evaluate.splits import in_strips, leave_one_out, read_folds, write_folds
 from bitro.features.phenotype import read_phenotypes
 from bitro.features.reduce import read_basis
+from bitro.folds.splits import in_strips, leave_one_out, read_folds, write_folds
 from bitro.preprocess.cells import read_cells
 from bitro.preprocess.units import read_units
-from bitro.train.checkpoint import load_model
-from bitro.train.fit import TrainConfig
+from bitro.train.config import TrainConfig
 from bitro.train.run import train_fold
+from bitro.train.saved import load_model
 from tiny_cohorts import UNIVERSE, write_cohort
 
 PATIENTS = {"S1": "P1", "S2": "P1", "S3": "P2", "S4": "P3", "S5": "P4"}

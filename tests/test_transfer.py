@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,29 +14,25 @@ import torch
 from bitro._hashing import file_sha256
 from bitro.cli import main
 from bitro.errors import InputError
-from bitro.evaluate.splits import Fold, leave_one_out, read_folds, spatial_strips, write_folds
+from bitro.folds.bags import collate, make_bags, predict_bags
+from bitro.folds.inputs import FoldInputs, load_fold
+from bitro.folds.splits import Fold, leave_one_out, read_folds, spatial_strips, write_folds
 from bitro.genes.normalise import TargetTransform
 from bitro.model.bitro import BiTro, BiTroConfig
-from bitro.train.checkpoint import load_model, save_model
-from bitro.train.data import collate, make_bags
-from bitro.train.fit import TrainConfig
-from bitro.train.run import load_fold, predict_bags
+from bitro.train.config import TrainConfig
+from bitro.train.finetune import transfer_fold
+from bitro.train.pipeline import LoraOptions, Start, train_model
+from bitro.train.pretrain import pretrain
+from bitro.train.saved import ADAPTER_FILE, LORA_FORMAT, load_model, load_trained, save_model, save_trained
+from bitro.train.state import fingerprint
 from bitro.train.transfer import (
-    ADAPTER_FILE,
-    LORA_FORMAT,
-    LoraOptions,
     PatientOverlapError,
     check_no_shared_patients,
-    finetune,
-    load_transferred,
     per_gene_tensors,
-    pretrain,
     pretraining_fold,
     sample_patients,
     select_model_genes,
-    transfer_fold,
     transfer_genes,
-    write_transferred,
 )
 from tiny_cohorts import GENES, TINY, UNIVERSE, synthetic_sample, write_cohort
 
@@ -62,10 +59,8 @@ def _finetune(tmp_path: Path, mode: str, pretrained: BiTro | None = None):
         lr=3e-3, max_steps=10, patience_steps=50, eval_every_steps=1, batch_bags=16, lambda_cluster=0.1
     )
     pretrained = pretrained or _pretrained()
-    done = finetune(
-        pretrained, SOURCE_GENES, GENES, train, validation, samples, transform, config, tmp_path,
-        mode=mode, progress=False,
-    )  # fmt: skip
+    start = Start(model=pretrained, genes=tuple(SOURCE_GENES), lora=LoraOptions() if mode == "lora" else None)
+    done = train_model(start, GENES, train, validation, samples, transform, config, tmp_path, progress=False)
     return done, samples, validation, transform
 
 
@@ -159,9 +154,9 @@ def test_full_finetuning_changes_base_weights(tmp_path) -> None:
 def test_saved_adapters_rebuild_the_fine_tuned_model(lora_run, tmp_path) -> None:
     _, _, done, samples, validation, transform = lora_run
     metadata = {"genes": GENES, "transform": transform.to_dict(), "transfer": {"mode": "lora"}}
-    write_transferred(done, metadata, tmp_path)
+    save_trained(done.model, metadata, tmp_path, base=done.base)
     assert {p.name for p in tmp_path.iterdir()} >= {"model.json", "model.safetensors", ADAPTER_FILE}
-    loaded, meta = load_transferred(tmp_path)
+    loaded, meta = load_trained(tmp_path)
     assert meta["format"] == LORA_FORMAT and meta["genes"] == GENES
     expected = predict_bags(done.model, validation, samples)
     np.testing.assert_array_equal(predict_bags(loaded, validation, samples), expected)
@@ -173,7 +168,7 @@ def test_saved_adapters_rebuild_the_fine_tuned_model(lora_run, tmp_path) -> None
     save_model(select_model_genes(_pretrained(seed=9), SOURCE_GENES, GENES), other, tmp_path / "x")
     (tmp_path / "model.safetensors").write_bytes((tmp_path / "x" / "model.safetensors").read_bytes())
     with pytest.raises(InputError, match="another base"):
-        load_transferred(tmp_path)
+        load_trained(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- leaks
@@ -310,7 +305,7 @@ def test_pretrain_then_fine_tune_from_files_in_any_gene_order(tmp_path) -> None:
             out_dir=out,
         )
         assert code == 0
-        model, meta = load_transferred(out)
+        model, meta = load_trained(out)
         shared = ["C3", "D4", "E5", "F6"]
         assert meta["genes"] == shared and meta["transfer"]["shared_genes"] == shared
         assert meta["transfer"]["dropped_target_genes"] == ["G7", "H8"]
@@ -332,13 +327,29 @@ def test_pretrain_then_fine_tune_from_files_in_any_gene_order(tmp_path) -> None:
     assert not np.array_equal(predictions["lora"], predictions["full"])
 
 
-def test_resume_state_survives_only_for_the_same_origin(tmp_path) -> None:
-    from bitro.train.transfer import _clear_stale_state
+def test_resume_state_survives_only_for_the_same_start(tmp_path) -> None:
+    """The one stale-resume rule (bitro.train.state): a fine-tuning resumes only from its own start."""
+    samples, train, validation, transform = _target_fold()
+    inputs = FoldInputs(samples, {"train": train, "validation": validation})
+    config = TrainConfig(lr=3e-3, max_steps=15, patience_steps=50, eval_every_steps=1, batch_bags=16)
+    start = Start(model=_pretrained(), genes=tuple(SOURCE_GENES), lora=LoraOptions())
+    model_config = replace(start.model.config, n_genes=len(GENES))
+
+    def run(origin: dict, stop_after: int | None = None) -> list[int]:
+        key = fingerprint(inputs, transform, model_config, config, "sample", origin)
+        done = train_model(
+            start, GENES, train, validation, samples, transform, config, tmp_path,
+            run_fingerprint=key, progress=False, stop_after=stop_after,
+        )  # fmt: skip
+        return [row["step"] for row in done.result.history]
 
     origin = {"pretrain_sha256": "abc", "lora": {"target_modules": ("gat.input_proj",)}}
-    _clear_stale_state(tmp_path, origin)
-    (tmp_path / "checkpoint" / "state.json").write_text("{}")
-    _clear_stale_state(tmp_path, origin)  # tuples read back as lists: still the same origin
-    assert (tmp_path / "checkpoint" / "state.json").is_file()
-    _clear_stale_state(tmp_path, origin | {"pretrain_sha256": "def"})
-    assert not (tmp_path / "checkpoint" / "state.json").exists()
+    first = run(origin, stop_after=5)
+    assert first == [5]
+    assert run(origin) == [5, 10, 15]  # tuples read back as lists: still the same start, resumed
+    assert run(origin | {"pretrain_sha256": "def"}, stop_after=5) == [5]  # another start: afresh
+    full = Start(model=start.model, genes=start.genes)  # other parameters: afresh, not a load error
+    key = fingerprint(inputs, transform, model_config, config, "sample", origin | {"mode": "full"})
+    done = train_model(full, GENES, train, validation, samples, transform, config, tmp_path,
+                       run_fingerprint=key, progress=False, stop_after=5)  # fmt: skip
+    assert [row["step"] for row in done.result.history] == [5]

@@ -11,14 +11,14 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from bitro.evaluate.splits import leave_one_out, patient_split, write_folds
 from bitro.features.graph import knn_graphs, write_graph
 from bitro.features.phenotype import fit_phenotypes, write_phenotypes
+from bitro.folds.samples import SampleData
+from bitro.folds.splits import leave_one_out, patient_split, write_folds
 from bitro.genes.selection import write_gene_list
 from bitro.preprocess.cells import write_cells
 from bitro.preprocess.targets import write_targets
 from bitro.preprocess.units import write_units
-from bitro.train.data import SampleData
 
 #: Tiny model settings for the transfer and pipeline tests.
 TINY = {"dim": 16, "gat_heads": 2, "transformer_heads": 2, "position_dim": 4, "ff_mult": 2, "dropout": 0.1}

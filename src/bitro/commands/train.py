@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("bitro")
 
@@ -18,25 +19,23 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
+def read_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The workflow's settings a verb was given: ``--params-json``, else the ``--params`` YAML, else none."""
     import yaml
 
-    from bitro.train.fit import TrainConfig
+    if args.params_json:
+        return dict(json.loads(args.params_json))
+    return dict(yaml.safe_load(Path(args.params).read_text()) or {}) if args.params else {}
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from bitro.train.config import train_config_from_settings
     from bitro.train.run import train_fold
 
     set_threads(args.threads)
-
-    if args.params_json:
-        settings = json.loads(args.params_json)
-    else:
-        settings = yaml.safe_load(Path(args.params).read_text()) if args.params else {}
+    settings = read_settings(args)
     model_config = dict(settings.get("model", {}))
-    train_settings = dict(settings.get("training", {}))
-    for key in ("gpu", "phenotypes_k", "feature_scope", "zscore"):  # workflow keys, not TrainConfig's
-        train_settings.pop(key, None)
-    config = TrainConfig(**train_settings)
-    if args.max_steps is not None:
-        config.max_steps = args.max_steps
+    config = train_config_from_settings(settings, max_steps=args.max_steps)
     result = train_fold(
         args.samples_dir,
         args.folds,

@@ -16,51 +16,34 @@ workflow's ``model:``/``training:`` sections and an optional ``transfer:`` secti
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from bitro.commands.train import set_threads
+from bitro.commands.train import read_settings, set_threads
 from bitro.errors import ConfigError, UsageError
 
 log = logging.getLogger("bitro")
 
-#: Keys of ``training:`` that are the workflow's, not :class:`bitro.train.fit.TrainConfig`'s.
-WORKFLOW_KEYS = ("gpu", "phenotypes_k", "feature_scope", "zscore")
-
-
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
-
-    if args.params_json:
-        return dict(json.loads(args.params_json))
-    return dict(yaml.safe_load(Path(args.params).read_text()) or {}) if args.params else {}
-
 
 def _train_config(settings: dict[str, Any], stage: str, max_steps: int | None) -> Any:
-    from bitro.train.fit import TrainConfig
+    from bitro.train.config import train_config_from_settings
 
-    training = dict(settings.get("training", {}))
+    training = dict(settings.get("training") or {})
     if training.get("feature_scope", "sample") != "sample":
         raise ConfigError(
             "training.feature_scope",
             "transfer needs per-sample features (training.feature_scope: sample); a cohort "
             "PCA basis of the source does not describe the target's cells",
         )
-    for key in WORKFLOW_KEYS:
-        training.pop(key, None)
-    training |= dict(settings.get("transfer", {}).get(stage, {}))
-    config = TrainConfig(**training)
-    return config if max_steps is None else replace(config, max_steps=max_steps)
+    return train_config_from_settings(settings, stage=stage, max_steps=max_steps)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from bitro.train.transfer import PatientOverlapError, pretrain
+    from bitro.train.pretrain import pretrain
+    from bitro.train.transfer import PatientOverlapError
 
     set_threads(args.threads)
-    settings = _settings(args)
+    settings = read_settings(args)
     transfer = dict(settings.get("transfer", {}))
     try:
         result = pretrain(
@@ -88,10 +71,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def _cmd_transfer(args: argparse.Namespace) -> None:
-    from bitro.train.transfer import LoraOptions, PatientOverlapError, transfer_fold
+    from bitro.train.finetune import transfer_fold
+    from bitro.train.pipeline import LoraOptions
+    from bitro.train.transfer import PatientOverlapError
 
     set_threads(args.threads)
-    settings = _settings(args)
+    settings = read_settings(args)
     transfer = dict(settings.get("transfer", {}))
     mode = args.mode or transfer.get("mode", "lora")
     if mode == "none":
