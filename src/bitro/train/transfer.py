@@ -23,7 +23,6 @@ Nothing is written here.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -40,8 +39,6 @@ from bitro.genes.selection import shared_genes
 from bitro.io.validate import require_file
 from bitro.model.bitro import BiTro, BiTroConfig
 from bitro.model.lora import lora_settings
-
-log = logging.getLogger("bitro")
 
 
 class PatientOverlapError(ValueError):
