@@ -19,10 +19,12 @@ import argparse
 import logging
 from typing import Any
 
-from bitro.commands.train import read_settings, set_threads
+from bitro.commands.train import add_run_options, read_settings, set_threads
 from bitro.errors import ConfigError, UsageError
 
 log = logging.getLogger("bitro")
+
+PARAMS_HELP = "YAML with `model:`, `training:` and `transfer:` sections"
 
 
 def _train_config(settings: dict[str, Any], stage: str, max_steps: int | None) -> Any:
@@ -116,18 +118,6 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
     )
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", help="YAML with `model:`, `training:` and `transfer:` sections")
-    parser.add_argument("--params-json", help="the same as --params, inline as JSON")
-    parser.add_argument("--max-steps", type=int, help="override the step budget")
-    parser.add_argument(
-        "--no-zscore", action="store_true", help="log1p targets only (the 'w/o Norm.' ablation)"
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add ``transfer-pretrain`` and ``transfer`` to the ``bitro`` parser."""
     pre = verbs.add_parser(
@@ -147,7 +137,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     pre.add_argument("--target-sheet", help="the target's sample sheet (patient_id of its test samples)")
     pre.add_argument("--target-samples-dir", help="results/<target>/samples (patients, without a sheet)")
-    _add_common(pre)
+    add_run_options(pre, PARAMS_HELP)
     pre.add_argument("--out-dir", required=True, help="results/transfer/<source>_to_<target>/pretrain")
     pre.set_defaults(func=_cmd_pretrain)
 
@@ -163,6 +153,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
     fine.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
     fine.add_argument("--lora-alpha", type=int, help="LoRA alpha (default 16)")
     fine.add_argument("--lora-dropout", type=float, help="LoRA dropout (default 0.05)")
-    _add_common(fine)
+    add_run_options(fine, PARAMS_HELP)
     fine.add_argument("--out-dir", required=True, help="results/transfer/<source>_to_<target>/<fold>")
     fine.set_defaults(func=_cmd_transfer)
