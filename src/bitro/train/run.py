@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from bitro.features.reduce import read_basis
-from bitro.folds.bags import STREAM_CELLS, predict_bags
-from bitro.folds.inputs import FoldInputs, load_fold, read_fold_phenotypes
+from bitro.folds.bags import predict_bags
+from bitro.folds.inputs import load_fold, read_fold_phenotypes
 from bitro.folds.splits import read_folds
 from bitro.genes.normalise import TargetTransform
 from bitro.genes.selection import read_gene_list
 from bitro.train.config import TrainConfig, TrainResult
 from bitro.train.pipeline import fresh_config, train_on_fold
 
-#: Kept here for the importers outside training and evaluation (:mod:`bitro.accuracy`, the benchmarks).
-__all__ = ["STREAM_CELLS", "FoldInputs", "load_fold", "predict_bags", "train_fold"]
+#: ``predict_bags`` (now :mod:`bitro.folds.bags`) is kept here for :mod:`bitro.accuracy`.
+__all__ = ["predict_bags", "train_fold"]
 
 
 def train_fold(
