@@ -2,7 +2,7 @@
 
 Part 1, training (``bitro.train.fit.fit``, the loop ``bitro train`` runs): the demo ST cohort's fold 0
 (``results/demo_st``: ``folds.json``, ``genes.txt``, ``fold0/phenotypes.npz`` and the per-sample files, loaded
-with ``bitro.train.run.load_fold``), or with ``--synthetic`` (or when ``results/demo_st`` is absent) an
+with ``bitro.folds.inputs.load_fold``), or with ``--synthetic`` (or when ``results/demo_st`` is absent) an
 in-memory cohort of the same shape made here, so the script runs on a fresh clone. The model is the paper's
 (``BiTroConfig`` defaults, D = 128); training uses the demo's settings (lr 1e-3, λ = 0.1, at most 64 units per
 bag) at each of ``--batch-sizes`` bags per step, for ``--epochs`` epochs after one warm-up epoch. Reported
@@ -25,9 +25,9 @@ the spots/s ratio says what batching buys; the fraction of the matmul peak is th
 
 Part 2, bulk prediction: a synthetic slide of ``--bulk-cells`` cells (10⁶ by default) in 55 µm square
 patches of about 60 cells, kNN graphs (k = 8) within patches from ``bitro.features.graph.knn_graphs``,
-128-d features, ``--bulk-genes`` genes, held as a ``bitro.train.data.SampleData`` of level ``bulk`` and
-predicted with ``bitro.train.run.predict_bags``, which streams it through
-``bitro.model.streaming.predict_streaming`` in chunks of ``bitro.train.run.STREAM_CELLS`` cells (50,000;
+128-d features, ``--bulk-genes`` genes, held as a ``bitro.folds.samples.SampleData`` of level ``bulk`` and
+predicted with ``bitro.folds.bags.predict_bags``, which streams it through
+``bitro.model.streaming.predict_streaming`` in chunks of ``bitro.folds.bags.STREAM_CELLS`` cells (50,000;
 ``--chunk-cells`` overrides it). Reported: wall time, peak RSS against the 4 GiB target, and the second pass
 that yields pseudo-cell profiles (``stream_pseudo_cells``, after a fresh ``predict_streaming`` for its
 softmax statistics), with a check that each gene's pseudo-cells sum to the slide's prediction. The baseline
@@ -148,7 +148,7 @@ def synthetic_st_sample(
     phenotypes are the nearest of ``k_pheno`` fixed centroids.
     """
     from bitro.features.graph import knn_graphs
-    from bitro.train.data import SampleData
+    from bitro.folds.samples import SampleData
 
     rng = np.random.default_rng(seed)
     sizes = rng.integers(cells[0], cells[1] + 1, size=spots)
@@ -184,7 +184,7 @@ def synthetic_st_sample(
 
 def load_cohort(spec: dict[str, Any]) -> tuple[list[Any], dict[str, list[Any]], list[str], str]:
     """(samples, bags by role, genes, description) of the demo fold or a synthetic cohort."""
-    from bitro.train.data import make_bags
+    from bitro.folds.bags import make_bags
 
     if spec["cohort"] == "synthetic":
         genes = [f"G{i}" for i in range(spec["genes"])]
@@ -200,10 +200,10 @@ def load_cohort(spec: dict[str, Any]) -> tuple[list[Any], dict[str, list[Any]], 
         ]
         bags = {role: [b for i in idx for b in make_bags(samples[i], i)] for role, idx in roles.items()}
         return samples, bags, genes, "synthetic"
-    from bitro.evaluate.splits import read_folds
     from bitro.features.phenotype import read_phenotypes
+    from bitro.folds.inputs import load_fold
+    from bitro.folds.splits import read_folds
     from bitro.genes.selection import read_gene_list
-    from bitro.train.run import load_fold
 
     root = Path(spec["cohort"])
     fold = read_folds(root / "folds.json").fold(spec["fold"])
@@ -237,7 +237,8 @@ def child_train(spec: dict[str, Any]) -> dict[str, Any]:
     import bitro.train.fit as fit_module
     from bitro.genes.normalise import TargetTransform
     from bitro.model.bitro import BiTro, BiTroConfig
-    from bitro.train.fit import TrainConfig, fit
+    from bitro.train.config import TrainConfig
+    from bitro.train.fit import fit
 
     device = spec["device"]
     sampler = RssSampler()
@@ -350,7 +351,7 @@ def child_train(spec: dict[str, Any]) -> dict[str, Any]:
 def synthetic_bulk_sample(cells: int, genes: int, seed: int = 0, cells_per_unit: float = 60.0) -> Any:
     """A slide of ``cells`` cells in 55 µm patches (~``cells_per_unit`` each) as a bulk ``SampleData``."""
     from bitro.features.graph import knn_graphs
-    from bitro.train.data import SampleData
+    from bitro.folds.samples import SampleData
 
     rng = np.random.default_rng(seed)
     n_units = max(1, round(cells / cells_per_unit))
@@ -391,15 +392,14 @@ def child_bulk(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the slide, predict it with ``predict_bags`` (streamed), then the pseudo-cell pass."""
     import torch
 
-    import bitro.train.run as run_module
+    import bitro.folds.bags as bags_module
+    from bitro.folds.bags import make_bags, model_bag, predict_bags
     from bitro.model.batch import iter_chunks
     from bitro.model.streaming import predict_streaming, stream_pseudo_cells
-    from bitro.train.data import make_bags, model_bag
-    from bitro.train.run import predict_bags
 
     if spec.get("chunk_cells"):  # predict_bags reads the module's constant at call time
-        run_module.STREAM_CELLS = int(spec["chunk_cells"])
-    chunk = run_module.STREAM_CELLS
+        bags_module.STREAM_CELLS = int(spec["chunk_cells"])
+    chunk = bags_module.STREAM_CELLS
     device = spec["device"]
     sampler = RssSampler()
     out: dict[str, Any] = {"threads": torch.get_num_threads(), "chunk_cells": chunk}
@@ -445,9 +445,8 @@ def child_full(spec: dict[str, Any]) -> dict[str, Any]:
     """The non-streamed forward on the whole (smaller) slide as one batch, and agreement with streaming."""
     import torch
 
+    from bitro.folds.bags import make_bags, model_bag, predict_bags
     from bitro.model.batch import CellBatch
-    from bitro.train.data import make_bags, model_bag
-    from bitro.train.run import predict_bags
 
     device = spec["device"]
     sampler = RssSampler()
@@ -653,7 +652,7 @@ def main() -> None:
         "--chunk-cells",
         type=int,
         default=0,
-        help="cells per streamed chunk (0: bitro.train.run.STREAM_CELLS)",
+        help="cells per streamed chunk (0: bitro.folds.bags.STREAM_CELLS)",
     )
     parser.add_argument("--parts", default="train,bulk")
     parser.add_argument(

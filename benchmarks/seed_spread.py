@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bitro.evaluate.splits import read_folds
 from bitro.evaluate.summary import out_of_fold_rows
+from bitro.folds.splits import read_folds
 
 
 def train_and_predict(cohort_dir: Path, fold: str, seed: int, out: Path) -> Path:

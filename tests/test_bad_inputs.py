@@ -66,7 +66,7 @@ def valid(small_demo: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactor
         assert main(["units", *args, "--out", str(folder / "units.parquet")]) == 0
         units = ["--units", str(folder / "units.parquet")]
         assert main(["targets", *args, *units, "--out", str(folder / "targets.h5ad")]) == 0
-    from bitro.evaluate.splits import leave_one_out, write_folds
+    from bitro.folds.splits import leave_one_out, write_folds
 
     write_folds(leave_one_out("c", [*HEST, "DEMO03"]), work / "folds.json")
     (work / "genes.txt").write_text("".join(f"G{i}\n" for i in range(3)))
@@ -1338,7 +1338,7 @@ def test_a_verb_shows_the_traceback_with_verbose(tmp_path: Path, capsys: pytest.
 
 
 def test_no_patient_can_sit_on_two_sides_whatever_the_sheet_says(valid: Valid, tmp_path: Path) -> None:
-    from bitro.evaluate.splits import Fold, Folds, patient_split, write_folds
+    from bitro.folds.splits import Fold, Folds, patient_split, write_folds
 
     ids = valid.tcga_ids
     # A sheet that gives the two slides of TCGA-DM-A001 two patient ids is refused by `bitro folds` …
@@ -1369,7 +1369,8 @@ def test_no_patient_can_sit_on_two_sides_whatever_the_sheet_says(valid: Valid, t
 
 def test_spots_outside_tissue_neither_train_nor_score() -> None:
     from bitro.features.graph import UnitGraphs
-    from bitro.train.data import SampleData, make_bags
+    from bitro.folds.bags import make_bags
+    from bitro.folds.samples import SampleData
 
     graph = UnitGraphs(
         unit_ids=np.array([0, 1, 2]),

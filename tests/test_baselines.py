@@ -19,7 +19,7 @@ from bitro.evaluate.baselines import (
     TrainingMean,
     unit_mean_embeddings,
 )
-from bitro.evaluate.metrics import pcc_gene, rmse
+from bitro.metrics import pcc_gene, rmse
 
 FAST_MLP = {"hidden": (64, 64), "max_epochs": 60, "batch_size": 32}
 

@@ -10,15 +10,15 @@ import numpy as np
 import torch
 
 from bitro.cli import main
-from bitro.evaluate.splits import in_strips, leave_one_out, read_folds, write_folds
 from bitro.features.phenotype import read_phenotypes
 from bitro.features.reduce import read_basis
+from bitro.folds.splits import in_strips, leave_one_out, read_folds, write_folds
 from bitro.preprocess.cells import read_cells
 from bitro.preprocess.units import read_units
-from bitro.train.checkpoint import load_model
-from bitro.train.fit import TrainConfig
+from bitro.train.config import TrainConfig
 from bitro.train.run import train_fold
-from test_transfer import UNIVERSE, _write_cohort  # the tiny on-disk cohorts
+from bitro.train.saved import load_model
+from tiny_cohorts import UNIVERSE, write_cohort
 
 PATIENTS = {"S1": "P1", "S2": "P1", "S3": "P2", "S4": "P3", "S5": "P4"}
 
@@ -62,7 +62,7 @@ def _perturb_test_sample(root: Path, sample: str) -> None:
 
 
 def test_nothing_fitted_on_a_fold_depends_on_its_test_samples(tmp_path: Path) -> None:
-    root = _write_cohort(tmp_path / "st", "st", PATIENTS, UNIVERSE[:6], UNIVERSE[:6])
+    root = write_cohort(tmp_path / "st", "st", PATIENTS, UNIVERSE[:6], UNIVERSE[:6])
     fold = read_folds(root / "folds.json").fold("fold0")
     test_patients = {PATIENTS[s] for s in fold.test}
     assert not test_patients & {PATIENTS[s] for s in fold.train + fold.validation}
@@ -92,7 +92,7 @@ def test_nothing_fitted_on_a_fold_depends_on_its_test_samples(tmp_path: Path) ->
 
 
 def test_a_two_group_cohort_validates_on_a_strip_and_never_on_its_test_sample(tmp_path: Path) -> None:
-    root = _write_cohort(
+    root = write_cohort(
         tmp_path / "st", "st", {"S1": "P1", "S2": "P2", "S3": "P3"}, UNIVERSE[:6], UNIVERSE[:6]
     )
     extents = {}

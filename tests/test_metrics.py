@@ -11,8 +11,8 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import pearsonr, spearmanr
 
-from bitro.evaluate import metrics
-from bitro.evaluate.metrics import (
+from bitro import metrics
+from bitro.metrics import (
     MetricSet,
     evaluate,
     js_divergence,

@@ -19,10 +19,10 @@ from PIL import Image
 from scipy import stats
 
 from bitro.cli import main
-from bitro.evaluate.metrics import metric_rows
 from bitro.evaluate.predict import SamplePrediction, _cells_anndata, _predictions_anndata
-from bitro.evaluate.splits import Fold, Folds, in_strips, leave_one_out, spatial_strips, write_folds
 from bitro.evaluate.summary import summarise_cohort
+from bitro.folds.splits import Fold, Folds, in_strips, leave_one_out, spatial_strips, write_folds
+from bitro.metrics import metric_rows
 from bitro.plot import (
     figure_names,
     pcc_table,

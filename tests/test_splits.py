@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bitro.errors import InputError
-from bitro.evaluate.splits import (
+from bitro.folds.splits import (
     Fold,
     Folds,
     in_strips,

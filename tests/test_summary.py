@@ -12,8 +12,8 @@ from scipy import stats
 
 from bitro.cli import main
 from bitro.errors import InputError
-from bitro.evaluate.metrics import metric_rows
 from bitro.evaluate.summary import ablation_table, demo_summary, out_of_fold_rows, summarise_cohort
+from bitro.metrics import metric_rows
 
 RNG = np.random.default_rng(7)
 

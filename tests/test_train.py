@@ -9,47 +9,17 @@ import pytest
 import torch
 
 from bitro.errors import InputError
-from bitro.features.graph import knn_graphs
+from bitro.folds.bags import collate, make_bags, predict_bags
+from bitro.folds.inputs import FoldInputs
+from bitro.folds.samples import SampleData
 from bitro.genes.normalise import TargetTransform
+from bitro.metrics import pcc_gene
 from bitro.model.bitro import BiTro, BiTroConfig
-from bitro.train.checkpoint import load_model, save_model
-from bitro.train.data import SampleData, collate, make_bags
-from bitro.train.fit import TrainConfig, fit
-from bitro.train.run import _pcc_gene, predict_bags
-
-GENES = [f"G{i}" for i in range(6)]
-
-
-def synthetic_sample(seed: int, *, level: str = "st", n_units: int = 40, features: int = 16) -> SampleData:
-    """Spots whose counts follow the mean of a hidden linear read-out of their cells' features."""
-    rng = np.random.default_rng(seed)
-    sizes = rng.integers(1, 14, size=n_units)
-    unit_id = np.repeat(np.arange(n_units), sizes)
-    centres = np.column_stack([np.arange(n_units) * 100.0, np.zeros(n_units)])
-    xy = centres[unit_id] + rng.normal(0, 12, size=(len(unit_id), 2))
-    graph = knn_graphs(xy[:, 0], xy[:, 1], unit_id, k=4)
-    rows = graph.cell_index.astype(np.int64)
-    x = rng.normal(size=(len(unit_id), features)).astype(np.float32)
-    weights = np.random.default_rng(99).normal(size=(features, len(GENES)))
-    rate = np.exp(1.5 + 0.6 * np.tanh(x @ weights))
-    per_unit = np.zeros((n_units, len(GENES)))
-    np.add.at(per_unit, unit_id, rate)
-    counts = rng.poisson(per_unit).astype(np.float64)
-    if level == "bulk":
-        counts = counts.sum(axis=0, keepdims=True)
-    unit_of_cell = np.repeat(np.arange(len(graph.unit_ids)), np.diff(graph.cell_offsets))
-    return SampleData(
-        sample_id=f"S{seed}",
-        level=level,
-        features=x[rows],
-        offsets_um=(xy[rows] - centres[graph.unit_ids][unit_of_cell]).astype(np.float32),
-        phenotype=(x[rows, 0] > 0).astype(np.int64),
-        cell_rows=rows,
-        graph=graph,
-        unit_xy_um=centres[graph.unit_ids],
-        targets=counts,
-        space="counts" if level == "st" else "tpm",
-    )
+from bitro.train.config import TrainConfig
+from bitro.train.fit import fit
+from bitro.train.saved import load_model, save_model
+from bitro.train.validation import validation_scores
+from tiny_cohorts import GENES, synthetic_sample
 
 
 def _model(features: int = 16, **overrides: object) -> BiTro:
@@ -145,8 +115,8 @@ def test_training_learns_a_planted_signal_and_beats_the_mean(tmp_path) -> None:
     model, result, transform, samples, val_bags = _fit(tmp_path, epochs=12)
     predicted = transform.to_log1p(predict_bags(model, val_bags, samples))
     truth = np.log1p(np.stack([samples[b.sample].targets[b.target_row] for b in val_bags]))
-    pcc, undefined = _pcc_gene(truth, predicted)
-    assert undefined == 0 and pcc > 0.5
+    scores = pcc_gene(truth, predicted)
+    assert scores.n_undefined == 0 and scores.mean > 0.5
     mse_mean = ((truth - transform.mean) ** 2).mean()
     assert ((predicted - truth) ** 2).mean() < 0.7 * mse_mean
     history = result.history
@@ -242,3 +212,25 @@ def test_a_best_first_check_is_warned_about_and_recorded(tmp_path, monkeypatch, 
 def test_step_budgets_must_be_positive() -> None:
     with pytest.raises(ValueError, match="patience_steps"):
         TrainConfig(patience_steps=0)
+
+
+def test_an_all_constant_validation_fold_has_no_pcc_gene_but_still_selects_a_model(tmp_path) -> None:
+    """PCC gene is undefined for every gene of a constant fold: recorded as null, never a made-up 0.
+    Model selection rests on the validation gene loss, which is defined for every fold."""
+    train = [synthetic_sample(s) for s in (1, 2)]
+    constant = synthetic_sample(4)
+    constant.targets[:] = 5.0  # every validation unit measures the same
+    samples = [*train, constant]
+    bags = {"train": make_bags(train[0], 0) + make_bags(train[1], 1), "validation": make_bags(constant, 2)}
+    inputs = FoldInputs(samples, bags)
+    transform = TargetTransform.fit(inputs.targets("train"), GENES)
+    config = TrainConfig(lr=3e-3, max_steps=9, patience_steps=100, eval_every_steps=3, batch_bags=16)
+    model = _model()
+    result = fit(
+        model, bags["train"], bags["validation"], samples, transform, config, tmp_path, progress=False
+    )
+    assert np.isfinite(result.best_val_loss) and result.best_step > 0
+    scores = validation_scores(model, inputs, transform)
+    assert scores["model"]["pcc_gene"] is None and scores["model"]["n_undefined_genes"] == len(GENES)
+    assert scores["training_mean"]["pcc_gene"] is None
+    json.dumps(scores, allow_nan=False)  # model.json stays strict JSON

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,41 +14,30 @@ import torch
 from bitro._hashing import file_sha256
 from bitro.cli import main
 from bitro.errors import InputError
-from bitro.evaluate.splits import Fold, leave_one_out, patient_split, read_folds, spatial_strips, write_folds
-from bitro.features.graph import knn_graphs, write_graph
-from bitro.features.phenotype import fit_phenotypes, write_phenotypes
+from bitro.folds.bags import collate, make_bags, predict_bags
+from bitro.folds.inputs import FoldInputs, load_fold
+from bitro.folds.splits import Fold, leave_one_out, read_folds, spatial_strips, write_folds
 from bitro.genes.normalise import TargetTransform
-from bitro.genes.selection import write_gene_list
 from bitro.model.bitro import BiTro, BiTroConfig
-from bitro.preprocess.cells import write_cells
-from bitro.preprocess.targets import write_targets
-from bitro.preprocess.units import write_units
-from bitro.train.checkpoint import load_model, save_model
-from bitro.train.data import collate, make_bags
-from bitro.train.fit import TrainConfig
-from bitro.train.run import load_fold, predict_bags
+from bitro.train.config import TrainConfig
+from bitro.train.finetune import transfer_fold
+from bitro.train.pipeline import LoraOptions, Start, train_model
+from bitro.train.pretrain import pretrain
+from bitro.train.saved import ADAPTER_FILE, LORA_FORMAT, load_model, load_trained, save_model, save_trained
+from bitro.train.state import fingerprint
 from bitro.train.transfer import (
-    ADAPTER_FILE,
-    LORA_FORMAT,
-    LoraOptions,
     PatientOverlapError,
     check_no_shared_patients,
-    finetune,
-    load_transferred,
     per_gene_tensors,
-    pretrain,
     pretraining_fold,
     sample_patients,
     select_model_genes,
-    transfer_fold,
     transfer_genes,
-    write_transferred,
 )
-from test_train import GENES, synthetic_sample
+from tiny_cohorts import GENES, TINY, UNIVERSE, synthetic_sample, write_cohort
 
 #: The pretrained model's genes: the target's (GENES) shuffled, plus two the target lacks.
 SOURCE_GENES = ["G5", "Q1", "G2", "G0", "G1", "G4", "Q2", "G3"]
-TINY = {"dim": 16, "gat_heads": 2, "transformer_heads": 2, "position_dim": 4, "ff_mult": 2, "dropout": 0.1}
 
 
 def _pretrained(n_genes: int = len(SOURCE_GENES), seed: int = 3) -> BiTro:
@@ -70,10 +59,8 @@ def _finetune(tmp_path: Path, mode: str, pretrained: BiTro | None = None):
         lr=3e-3, max_steps=10, patience_steps=50, eval_every_steps=1, batch_bags=16, lambda_cluster=0.1
     )
     pretrained = pretrained or _pretrained()
-    done = finetune(
-        pretrained, SOURCE_GENES, GENES, train, validation, samples, transform, config, tmp_path,
-        mode=mode, progress=False,
-    )  # fmt: skip
+    start = Start(model=pretrained, genes=tuple(SOURCE_GENES), lora=LoraOptions() if mode == "lora" else None)
+    done = train_model(start, GENES, train, validation, samples, transform, config, tmp_path, progress=False)
     return done, samples, validation, transform
 
 
@@ -167,9 +154,9 @@ def test_full_finetuning_changes_base_weights(tmp_path) -> None:
 def test_saved_adapters_rebuild_the_fine_tuned_model(lora_run, tmp_path) -> None:
     _, _, done, samples, validation, transform = lora_run
     metadata = {"genes": GENES, "transform": transform.to_dict(), "transfer": {"mode": "lora"}}
-    write_transferred(done, metadata, tmp_path)
+    save_trained(done.model, metadata, tmp_path, base=done.base)
     assert {p.name for p in tmp_path.iterdir()} >= {"model.json", "model.safetensors", ADAPTER_FILE}
-    loaded, meta = load_transferred(tmp_path)
+    loaded, meta = load_trained(tmp_path)
     assert meta["format"] == LORA_FORMAT and meta["genes"] == GENES
     expected = predict_bags(done.model, validation, samples)
     np.testing.assert_array_equal(predict_bags(loaded, validation, samples), expected)
@@ -181,7 +168,7 @@ def test_saved_adapters_rebuild_the_fine_tuned_model(lora_run, tmp_path) -> None
     save_model(select_model_genes(_pretrained(seed=9), SOURCE_GENES, GENES), other, tmp_path / "x")
     (tmp_path / "model.safetensors").write_bytes((tmp_path / "x" / "model.safetensors").read_bytes())
     with pytest.raises(InputError, match="another base"):
-        load_transferred(tmp_path)
+        load_trained(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- leaks
@@ -247,91 +234,6 @@ def test_pretraining_validates_on_a_group_and_trains_on_the_rest() -> None:
 
 # -------------------------------------------------------------------------------- end to end, on disk
 
-UNIVERSE = ["A1", "B2", "C3", "D4", "E5", "F6", "G7", "H8"]
-WEIGHTS = np.random.default_rng(99).normal(size=(16, len(UNIVERSE)))
-
-
-def _write_sample(folder: Path, seed: int, level: str, patient: str, var_order: list[str]) -> None:
-    """A tiny sample in the pipeline's layout; each gene's signal depends on its name only."""
-    rng = np.random.default_rng(seed)
-    n_units = 24 if level == "st" else 16
-    sizes = rng.integers(1, 9, size=n_units)
-    unit_id = np.repeat(np.arange(n_units), sizes)
-    centres = np.column_stack([np.arange(n_units) * 100.0 + 50.0, np.full(n_units, 50.0)])
-    xy = centres[unit_id] + rng.normal(0, 10, size=(len(unit_id), 2))
-    x = rng.normal(size=(len(unit_id), 16)).astype(np.float32)
-    # Counts are drawn for the whole universe, then stored in ``var_order``: same data, any order.
-    rate = np.exp(1.5 + 0.6 * np.tanh(x @ WEIGHTS))
-    per_unit = np.zeros((n_units, len(UNIVERSE)))
-    np.add.at(per_unit, unit_id, rate)
-    counts = rng.poisson(per_unit).astype(np.float64)[:, [UNIVERSE.index(g) for g in var_order]]
-    if level == "bulk":
-        counts = counts.sum(axis=0, keepdims=True)
-    n = len(unit_id)
-    cells = pd.DataFrame(
-        {
-            "cell_id": np.arange(n),
-            "x_px": xy[:, 0] * 2,
-            "y_px": xy[:, 1] * 2,
-            "x_um": xy[:, 0],
-            "y_um": xy[:, 1],
-            "area_um2": np.full(n, 30.0),
-            "unit_id": unit_id,
-            "source": ["test"] * n,
-            "class": pd.array([None] * n, dtype="string"),
-            "geometry": [None] * n,
-        }
-    )
-    units = pd.DataFrame(
-        {
-            "unit_id": np.arange(n_units),
-            "x_px": centres[:, 0] * 2,
-            "y_px": centres[:, 1] * 2,
-            "x_um": centres[:, 0],
-            "y_um": centres[:, 1],
-            "diameter_um": np.full(n_units, 55.0),
-            "in_tissue": np.ones(n_units, dtype=bool),
-            "shape": pd.Categorical(["circle"] * n_units, categories=["circle", "square"]),
-            "barcode": pd.array([f"u{i}" for i in range(n_units)], dtype="string"),
-            "tissue_fraction": np.ones(n_units),
-        }
-    )
-    folder.mkdir(parents=True)
-    write_cells(cells, folder / "cells.parquet")
-    write_units(units, folder / "units.parquet")
-    write_graph(knn_graphs(xy[:, 0], xy[:, 1], unit_id, k=4), folder / "graph.npz")
-    np.save(folder / "features.npy", x)
-    adata = ad.AnnData(X=counts, var=pd.DataFrame(index=pd.Index(var_order)))
-    adata.obs_names = [str(i) for i in range(len(counts))]
-    adata.uns["bitro"] = {
-        "sample_id": folder.name,
-        "patient_id": patient,
-        "level": level,
-        "space": "counts" if level == "st" else "tpm",
-    }
-    write_targets(adata, folder / "targets.h5ad")
-
-
-def _write_cohort(
-    root: Path, level: str, patients: dict[str, str], genes: list[str], var_order: list[str]
-) -> Path:
-    for seed, (sample, patient) in enumerate(sorted(patients.items())):
-        _write_sample(root / "samples" / sample, 100 * (level == "bulk") + seed, level, patient, var_order)
-    write_gene_list(genes, root / "genes.txt")
-    pd.DataFrame({"sample_id": list(patients), "patient_id": list(patients.values())}).to_csv(
-        root / "sheet.tsv", sep="\t", index=False
-    )
-    samples = sorted(patients)
-    if level == "bulk":
-        folds = patient_split(root.name, samples, [patients[s] for s in samples], seed=0)
-    else:
-        folds = leave_one_out(root.name, samples, patients=[patients[s] for s in samples])
-    write_folds(folds, root / "folds.json")
-    fold = folds.folds[0]
-    features = {s: np.load(root / "samples" / s / "features.npy") for s in fold.train}
-    write_phenotypes(fit_phenotypes(features, fold.train, k=2, seed=0), root / "fold0" / "phenotypes.npz")
-    return root
-
 
 def _cli(verb: str, **options: object) -> int:
     """Run ``bitro <verb> --key value ...`` (``True``: a bare flag)."""
@@ -342,14 +244,14 @@ def _cli(verb: str, **options: object) -> int:
 
 
 def test_pretrain_then_fine_tune_from_files_in_any_gene_order(tmp_path) -> None:
-    source = _write_cohort(
+    source = write_cohort(
         tmp_path / "src", "st", {"S1": "P1", "S2": "P1", "S3": "P2", "S4": "P3"}, UNIVERSE[:6], UNIVERSE[:6]
     )
     target_patients = {"T1a": "Q1", "T1b": "Q1", "T2": "Q2", "T3": "Q3", "T4": "Q4", "T5": "Q5"}
     target_genes = UNIVERSE[2:]
-    target = _write_cohort(tmp_path / "tgt", "bulk", target_patients, target_genes, target_genes)
+    target = write_cohort(tmp_path / "tgt", "bulk", target_patients, target_genes, target_genes)
     # The same cohort with its genes listed, and stored, in other orders.
-    shuffled = _write_cohort(
+    shuffled = write_cohort(
         tmp_path / "tgt_shuffled",
         "bulk",
         target_patients,
@@ -403,7 +305,7 @@ def test_pretrain_then_fine_tune_from_files_in_any_gene_order(tmp_path) -> None:
             out_dir=out,
         )
         assert code == 0
-        model, meta = load_transferred(out)
+        model, meta = load_trained(out)
         shared = ["C3", "D4", "E5", "F6"]
         assert meta["genes"] == shared and meta["transfer"]["shared_genes"] == shared
         assert meta["transfer"]["dropped_target_genes"] == ["G7", "H8"]
@@ -425,13 +327,29 @@ def test_pretrain_then_fine_tune_from_files_in_any_gene_order(tmp_path) -> None:
     assert not np.array_equal(predictions["lora"], predictions["full"])
 
 
-def test_resume_state_survives_only_for_the_same_origin(tmp_path) -> None:
-    from bitro.train.transfer import _clear_stale_state
+def test_resume_state_survives_only_for_the_same_start(tmp_path) -> None:
+    """The one stale-resume rule (bitro.train.state): a fine-tuning resumes only from its own start."""
+    samples, train, validation, transform = _target_fold()
+    inputs = FoldInputs(samples, {"train": train, "validation": validation})
+    config = TrainConfig(lr=3e-3, max_steps=15, patience_steps=50, eval_every_steps=1, batch_bags=16)
+    start = Start(model=_pretrained(), genes=tuple(SOURCE_GENES), lora=LoraOptions())
+    model_config = replace(start.model.config, n_genes=len(GENES))
+
+    def run(origin: dict, stop_after: int | None = None) -> list[int]:
+        key = fingerprint(inputs, transform, model_config, config, "sample", origin)
+        done = train_model(
+            start, GENES, train, validation, samples, transform, config, tmp_path,
+            run_fingerprint=key, progress=False, stop_after=stop_after,
+        )  # fmt: skip
+        return [row["step"] for row in done.result.history]
 
     origin = {"pretrain_sha256": "abc", "lora": {"target_modules": ("gat.input_proj",)}}
-    _clear_stale_state(tmp_path, origin)
-    (tmp_path / "checkpoint" / "state.json").write_text("{}")
-    _clear_stale_state(tmp_path, origin)  # tuples read back as lists: still the same origin
-    assert (tmp_path / "checkpoint" / "state.json").is_file()
-    _clear_stale_state(tmp_path, origin | {"pretrain_sha256": "def"})
-    assert not (tmp_path / "checkpoint" / "state.json").exists()
+    first = run(origin, stop_after=5)
+    assert first == [5]
+    assert run(origin) == [5, 10, 15]  # tuples read back as lists: still the same start, resumed
+    assert run(origin | {"pretrain_sha256": "def"}, stop_after=5) == [5]  # another start: afresh
+    full = Start(model=start.model, genes=start.genes)  # other parameters: afresh, not a load error
+    key = fingerprint(inputs, transform, model_config, config, "sample", origin | {"mode": "full"})
+    done = train_model(full, GENES, train, validation, samples, transform, config, tmp_path,
+                       run_fingerprint=key, progress=False, stop_after=5)  # fmt: skip
+    assert [row["step"] for row in done.result.history] == [5]

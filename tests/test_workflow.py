@@ -18,9 +18,9 @@ import yaml
 from scipy import sparse, stats
 
 from bitro.demo.project import write_small_project
-from bitro.evaluate.splits import read_folds
 from bitro.features.embeddings import read_embeddings
 from bitro.features.graph import read_graph
+from bitro.folds.splits import read_folds
 from bitro.io import read_sample
 from bitro.preprocess.cells import read_cells
 from bitro.preprocess.crops import read_crops

@@ -40,7 +40,7 @@ LEVELS: tuple[str, ...] = ("st", "bulk", "xenium")
 """What a cohort's expression measures: spots, whole slides, single cells."""
 
 GROUP_BY: tuple[str, ...] = ("sample", "patient")
-"""What a leave-one-out ST split holds out together (``bitro.evaluate.splits``)."""
+"""What a leave-one-out ST split holds out together (``bitro.folds.splits``)."""
 
 FEATURE_SCOPES: tuple[str, ...] = ("sample", "cohort")
 """Where the PCA of the cell embeddings is fitted: per sample, or on the training fold's cohort."""

@@ -11,7 +11,7 @@ from bitro.demo.virtual import VirtualUnitSet
 from bitro.errors import ConfigError
 from bitro.features.graph import knn_graphs
 from bitro.features.phenotype import Phenotypes
-from bitro.train.data import SampleData
+from bitro.folds.samples import SampleData
 
 #: Neighbours of the kNN graph within each unit (the workflow's ``features.graph_k``).
 GRAPH_K = 8

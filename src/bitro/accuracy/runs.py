@@ -28,11 +28,12 @@ from bitro.accuracy.stats import pcc_gene_by_sample
 from bitro.demo.virtual import VirtualCohort, VirtualConfig, bulk_cohort, st_cohort
 from bitro.evaluate.baselines import HestProbe, MLPBaseline, OracleComposition, TrainingMean
 from bitro.features.phenotype import fit_phenotypes
+from bitro.folds.bags import Bag, collate, make_bags, predict_bags
+from bitro.folds.samples import SampleData
 from bitro.genes.normalise import TargetTransform
 from bitro.model.bitro import BiTro, BiTroConfig
-from bitro.train.data import Bag, SampleData, collate, make_bags
-from bitro.train.fit import CountSpace, TrainConfig, batch_loss, fit
-from bitro.train.run import predict_bags
+from bitro.train.config import TrainConfig
+from bitro.train.fit import CountSpace, batch_loss, fit
 
 log = logging.getLogger("bitro")
 

@@ -135,7 +135,7 @@ def _cell_extents(samples_dir: Path, samples: list[str]) -> dict[str, tuple[floa
 
 def _cmd_folds(args: argparse.Namespace) -> None:
     from bitro.errors import ConfigError, InputError
-    from bitro.evaluate.splits import leave_one_out, patient_split, spatial_strips, write_folds
+    from bitro.folds.splits import leave_one_out, patient_split, spatial_strips, write_folds
 
     samples, patients = read_sample_sheet(args.sample_sheet, level=args.level)
     try:
@@ -176,8 +176,8 @@ def _fold_embeddings(args: argparse.Namespace, samples: list[str]) -> dict[str, 
 
 
 def _cmd_cohort_pca(args: argparse.Namespace) -> None:
-    from bitro.evaluate.splits import read_folds
     from bitro.features.reduce import fit_cohort_pca, write_basis
+    from bitro.folds.splits import read_folds
 
     fold = read_folds(args.folds).fold(args.fold)
     embeddings = _fold_embeddings(args, fold.train)
@@ -187,9 +187,9 @@ def _cmd_cohort_pca(args: argparse.Namespace) -> None:
 
 
 def _cmd_phenotypes(args: argparse.Namespace) -> None:
-    from bitro.evaluate.splits import read_folds
     from bitro.features.phenotype import fit_phenotypes, write_phenotypes
     from bitro.features.reduce import read_basis
+    from bitro.folds.splits import read_folds
 
     fold = read_folds(args.folds).fold(args.fold)
     if args.basis:

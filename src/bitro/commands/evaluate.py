@@ -14,7 +14,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from bitro.evaluate.predict import predict_fold
 
     set_threads(args.threads)
-    from bitro.evaluate.splits import read_folds
+    from bitro.folds.splits import read_folds
     from bitro.io import read_sample
 
     truth = None
@@ -38,7 +38,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 def _cmd_baselines(args: argparse.Namespace) -> None:
     from bitro.evaluate.fold_baselines import baseline_fold
-    from bitro.evaluate.splits import read_folds
+    from bitro.folds.splits import read_folds
 
     truth = None
     if args.truth_pattern:

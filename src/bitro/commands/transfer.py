@@ -19,33 +19,33 @@ import argparse
 import logging
 from typing import Any
 
-from bitro.commands._settings import read_settings, train_config
-from bitro.commands.train import set_threads
-from bitro.errors import ConfigError, UsageError
+from bitro.commands._settings import read_settings
+from bitro.commands.train import add_run_options, set_threads
+from bitro.errors import ConfigError, PatientOverlapError, UsageError
 
 log = logging.getLogger("bitro")
 
-
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    return read_settings(args.params, args.params_json)
+PARAMS_HELP = "YAML with `model:`, `training:` and `transfer:` sections"
 
 
 def _train_config(settings: dict[str, Any], stage: str, max_steps: int | None) -> Any:
-    training = dict(settings.get("training", {}))
+    from bitro.train.config import train_config_from_settings
+
+    training = dict(settings.get("training") or {})
     if training.get("feature_scope", "sample") != "sample":
         raise ConfigError(
             "training.feature_scope",
             "transfer needs per-sample features (training.feature_scope: sample); a cohort "
             "PCA basis of the source does not describe the target's cells",
         )
-    return train_config(settings, stage=stage, max_steps=max_steps)
+    return train_config_from_settings(settings, stage=stage, max_steps=max_steps)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from bitro.train.transfer import PatientOverlapError, pretrain
+    from bitro.train.pretrain import pretrain
 
     set_threads(args.threads)
-    settings = _settings(args)
+    settings = read_settings(args.params, args.params_json)
     transfer = dict(settings.get("transfer", {}))
     try:
         result = pretrain(
@@ -73,10 +73,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def _cmd_transfer(args: argparse.Namespace) -> None:
-    from bitro.train.transfer import LoraOptions, PatientOverlapError, transfer_fold
+    from bitro.train.finetune import transfer_fold
+    from bitro.train.pipeline import LoraOptions
 
     set_threads(args.threads)
-    settings = _settings(args)
+    settings = read_settings(args.params, args.params_json)
     transfer = dict(settings.get("transfer", {}))
     mode = args.mode or transfer.get("mode", "lora")
     if mode == "none":
@@ -116,18 +117,6 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
     )
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", help="YAML with `model:`, `training:` and `transfer:` sections")
-    parser.add_argument("--params-json", help="the same as --params, inline as JSON")
-    parser.add_argument("--max-steps", type=int, help="override the step budget")
-    parser.add_argument(
-        "--no-zscore", action="store_true", help="log1p targets only (the 'w/o Norm.' ablation)"
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add ``transfer-pretrain`` and ``transfer`` to the ``bitro`` parser."""
     pre = verbs.add_parser(
@@ -147,7 +136,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     pre.add_argument("--target-sheet", help="the target's sample sheet (patient_id of its test samples)")
     pre.add_argument("--target-samples-dir", help="results/<target>/samples (patients, without a sheet)")
-    _add_common(pre)
+    add_run_options(pre, PARAMS_HELP)
     pre.add_argument("--out-dir", required=True, help="results/transfer/<source>_to_<target>/pretrain")
     pre.set_defaults(func=_cmd_pretrain)
 
@@ -163,6 +152,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
     fine.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
     fine.add_argument("--lora-alpha", type=int, help="LoRA alpha (default 16)")
     fine.add_argument("--lora-dropout", type=float, help="LoRA dropout (default 0.05)")
-    _add_common(fine)
+    add_run_options(fine, PARAMS_HELP)
     fine.add_argument("--out-dir", required=True, help="results/transfer/<source>_to_<target>/<fold>")
     fine.set_defaults(func=_cmd_transfer)

@@ -41,7 +41,7 @@ def sheet_problems(sheet_path: Path, cohort: Mapping[str, Any], evaluation: Mapp
     OSError, pandas.errors.ParserError, KeyError
         The sheet cannot be read or has no ``sample_id`` column.
     """
-    from bitro.evaluate.splits import split_shortfall
+    from bitro.folds.splits import split_shortfall
     from bitro.io.tcga import barcode_contradictions
 
     samples, patients = sheet_patients(sheet_path)

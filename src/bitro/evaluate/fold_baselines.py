@@ -32,10 +32,10 @@ from bitro.evaluate.baselines import (
     TrainingMean,
     unit_mean_embeddings,
 )
-from bitro.evaluate.metrics import metric_rows
-from bitro.evaluate.splits import Fold, in_strips, read_folds
 from bitro.features.embeddings import read_embeddings
+from bitro.folds.splits import Fold, in_strips, read_folds
 from bitro.genes.selection import align_genes, read_gene_list
+from bitro.metrics import metric_rows
 from bitro.preprocess.cells import assign_units, read_cells
 from bitro.preprocess.units import read_units
 

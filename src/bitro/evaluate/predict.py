@@ -24,7 +24,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -32,20 +31,19 @@ import pandas as pd
 import torch
 
 from bitro._atomic import atomic_path
-from bitro.evaluate.metrics import metric_rows
-from bitro.evaluate.splits import Fold, in_strips, read_folds
-from bitro.features.phenotype import Phenotypes
 from bitro.features.reduce import read_basis
+from bitro.folds.bags import STREAM_CELLS, Bag, make_bags, model_bag
+from bitro.folds.samples import SampleData, load_sample, sample_features
+from bitro.folds.splits import Fold, in_strips, read_folds
 from bitro.genes.normalise import TargetTransform
 from bitro.genes.selection import align_genes
+from bitro.metrics import metric_rows
 from bitro.model.batch import CellBatch, iter_chunks
 from bitro.model.bitro import BiTro
 from bitro.model.streaming import predict_streaming, stream_pseudo_cells
 from bitro.preprocess.cells import read_cells
 from bitro.preprocess.units import read_units
-from bitro.train.data import Bag, SampleData, load_sample, make_bags, model_bag, sample_features
-from bitro.train.run import STREAM_CELLS
-from bitro.train.transfer import load_transferred
+from bitro.train.saved import load_trained, saved_phenotypes
 
 log = logging.getLogger("bitro")
 
@@ -138,13 +136,6 @@ def predict_sample(
     )
 
 
-def _phenotypes(meta: dict[str, Any]) -> Phenotypes | None:
-    record = meta.get("phenotypes")
-    if not record:
-        return None
-    return Phenotypes(np.asarray(record["centroids"], np.float64), tuple(record["train_samples"]))
-
-
 def _xenium_truth(
     cell_ids: np.ndarray, genes: Sequence[str], measured: ad.AnnData, source: str
 ) -> np.ndarray:
@@ -174,13 +165,13 @@ def predict_fold(
     """
     samples_dir, out_dir = Path(samples_dir), Path(out_dir)
     fold: Fold = read_folds(folds_path).fold(fold_name)
-    model, meta = load_transferred(model_dir, device=device)
+    model, meta = load_trained(model_dir, device=device)
     genes = list(meta["genes"])
     transform = TargetTransform.from_dict(meta["transform"])
     scope = meta.get("features", {}).get("scope", "sample")
     basis_path = meta.get("features", {}).get("basis")
     basis = read_basis(basis_path) if scope == "cohort" and basis_path else None
-    phenotypes = _phenotypes(meta)
+    phenotypes = saved_phenotypes(meta)
     units_tables, cells_tables, results = {}, {}, []
     for sample_id in fold.test:
         folder = samples_dir / sample_id

@@ -22,8 +22,8 @@ import pandas as pd
 
 from bitro._atomic import atomic_path
 from bitro.errors import InputError
-from bitro.evaluate.metrics import metric_rows, summarise_folds
 from bitro.io.validate import require_file
+from bitro.metrics import metric_rows, summarise_folds
 
 GROUP = ["model", "level", "space", "scope"]
 #: The ``fold`` label of the metrics of the pooled out-of-fold predictions.

@@ -20,8 +20,8 @@ import pandas as pd
 
 from bitro._atomic import atomic_path
 from bitro.errors import InputError
-from bitro.evaluate.splits import read_folds
 from bitro.evaluate.summary import headline_rows
+from bitro.folds.splits import read_folds
 from bitro.io.validate import require_file
 from bitro.layout import figure_names, figures_dir
 from bitro.plot._figure import DPI

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitro.evaluate.metrics import pcc_gene
+from bitro.metrics import pcc_gene
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ def log1p_pcc(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """Per-gene Pearson correlation across units of ``log1p(truth)`` and ``log1p(prediction)``.
 
     The same numbers ``metrics.tsv`` averages: NaN entries are left out pairwise, undefined genes are NaN
-    (:func:`bitro.evaluate.metrics.pcc_gene`).
+    (:func:`bitro.metrics.pcc_gene`).
     """
     truth = np.log1p(np.asarray(truth, dtype=np.float64))
     prediction = np.log1p(np.asarray(prediction, dtype=np.float64))

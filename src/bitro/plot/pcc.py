@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bitro._atomic import atomic_path
-from bitro.evaluate.metrics import evaluate
+from bitro.metrics import evaluate
 from bitro.plot._figure import DPI, new_figure, save_png
 from bitro.plot.spatial import dense, read_anndata
 
@@ -53,7 +53,7 @@ def pcc_table(
 ) -> pd.DataFrame:
     """Per-gene PCC of one fold, one row per level, space and gene (columns :data:`PCC_COLUMNS`).
 
-    Computed with :func:`bitro.evaluate.metrics.evaluate` on the units (and, for Xenium, the cells of
+    Computed with :func:`bitro.metrics.evaluate` on the units (and, for Xenium, the cells of
     ``cells_pred.h5ad``) that ``metrics.tsv`` scores, in its spaces and scopes: per sample, ``pcc`` is the
     mean over the samples where the gene is defined and ``n_samples_undefined`` counts the others (a gene
     with any is one of the fold's ``n_undefined_genes``); pooled, ``n_samples`` is 1.

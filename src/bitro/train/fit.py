@@ -23,7 +23,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,75 +30,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bitro.folds.bags import Bag, collate
+from bitro.folds.samples import SampleData
 from bitro.genes.normalise import TargetTransform
 from bitro.model.bitro import BiTro
 from bitro.model.losses import cluster_loss, gene_loss
 from bitro.model.pseudocells import pseudo_cells
-from bitro.train.checkpoint import load_state, save_state
-from bitro.train.data import Bag, SampleData, collate
+from bitro.train.config import TrainConfig, TrainResult
+from bitro.train.state import load_state, save_state, saved_fingerprint
 
 log = logging.getLogger("bitro")
-
-
-@dataclass
-class TrainConfig:
-    """Training settings (defaults from the paper's Appendix C.2 where it gives them)."""
-
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    #: The paper's budget (100 epochs, patience 6, batch 32) restated in optimiser steps for a cohort of
-    #: about 5,000 training spots (160 steps an epoch), so that a smaller cohort trains as long.
-    max_steps: int = 16_000
-    patience_steps: int = 1_000
-    eval_every_steps: int = 160
-    clip_norm: float = 1.0
-    batch_bags: int = 32
-    #: Bags per step when every training bag is a whole slide (bulk): multiple-instance learning on
-    #: slides steps once per slide, so a cohort of a few dozen slides still takes many steps an epoch.
-    slide_batch_bags: int = 1
-    lambda_cluster: float = 0.1
-    max_units_per_bag: int = 64
-    seed: int = 0
-    bf16: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __post_init__(self) -> None:
-        for name in ("max_steps", "patience_steps", "eval_every_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-
-@dataclass
-class TrainResult:
-    """How a run ended. ``completed`` is false when ``stop_after`` cut it short, as a kill would."""
-
-    best_epoch: int
-    best_step: int
-    best_val_loss: float
-    epochs_run: int
-    steps_run: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    stopped_early: bool = False
-    completed: bool = True
-
-    @property
-    def best_at_first_check(self) -> bool:
-        """The best validation loss came at the first check: the kept weights are barely trained."""
-        return bool(self.history) and self.best_step == self.history[0]["step"]
-
-    def to_dict(self) -> dict[str, Any]:
-        """What ``model.json`` records of the run."""
-        return {
-            "best_epoch": self.best_epoch,
-            "best_step": self.best_step,
-            "best_val_loss": self.best_val_loss,
-            "epochs_run": self.epochs_run,
-            "steps_run": self.steps_run,
-            "stopped_early": self.stopped_early,
-            "best_at_first_check": self.best_at_first_check,
-        }
 
 
 def _seed_everything(seed: int) -> None:
@@ -206,9 +146,9 @@ def fit(
     Writes ``out_dir/train_log.csv`` and ``out_dir/checkpoint/state.*``. ``stop_after`` ends the run at
     the first check at or after that many steps, as a kill right after that checkpoint would (used by
     the resume test). ``parameters`` chooses what is trained (LoRA fine-tuning passes the adapters), all
-    parameters that require grad by default. ``fingerprint`` describes the inputs (data, genes,
-    settings): a saved state is resumed only when it was made with the same one, so a rerun after an
-    input changed starts afresh instead of resuming.
+    parameters that require grad by default. ``fingerprint`` (:func:`bitro.train.state.fingerprint`)
+    describes the inputs (data, genes, settings, starting weights): a saved state is resumed only when it
+    was made with the same one, so a rerun after an input changed starts afresh instead of resuming.
     """
     if not train_bags:
         raise ValueError("no training bags: every training unit is empty")
@@ -222,12 +162,12 @@ def fit(
     optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
     log_path = out_dir / "train_log.csv"
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    restored = load_state(out_dir / "checkpoint", model=model, optimizer=optimizer)
-    if restored is not None and restored[1].get("fingerprint") != fingerprint:
+    restored = None
+    saved, made_with = saved_fingerprint(out_dir / "checkpoint")
+    if saved and made_with != fingerprint:  # the stale-resume rule (bitro.train.state)
         log.info("%s: the saved state was made from other inputs; training afresh", out_dir)
-        model.load_state_dict(initial)
-        optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
-        restored = None
+    elif saved:
+        restored = load_state(out_dir / "checkpoint", model=model, optimizer=optimizer)
     if restored is None:
         best = initial
         info: dict[str, Any] = {

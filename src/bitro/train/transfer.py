@@ -1,146 +1,44 @@
-"""Bidirectional transfer (paper §3.5): pretrain on one level, fine-tune on the other, in full or with LoRA.
+"""Transfer policy (paper §3.5): which samples may pretrain, which genes transfer, and how.
 
-ST → bulk and bulk → ST work the same way; a pair of cohorts is a *source* and a *target*.
+ST → bulk and bulk → ST work the same way; a pair of cohorts is a *source* and a *target*. The runs
+themselves are :func:`bitro.train.pretrain.pretrain` and :func:`bitro.train.finetune.transfer_fold`, both
+through the one training pipeline (:mod:`bitro.train.pipeline`); this module holds what is particular to a
+transfer:
 
-1. **Pretraining** (:func:`pretrain`, once per pair): a model is trained on every sample of the source
-   cohort, on the source's genes, with a validation group carved out for early stopping — the validation
-   side of one of the source's folds when its ``folds.json`` is given (its test side joins training), a
-   seeded fifth of the source's patients otherwise. No pretraining sample may be a test sample of the
-   target, nor share a patient with one: the two cohorts are different, but sample sheets can name the same
-   patients (a HEST section cut from a TCGA case), and the run refuses when they do
-   (:class:`PatientOverlapError`). Phenotypes for the cluster loss are fitted on the pretraining samples.
-2. **Gene alignment by name**: the transferred model predicts the genes the source and target
-   share (:func:`transfer_genes`, sorted by name, so the order of either gene file never matters); the rows
-   of every per-gene tensor of the pretrained model (the gene queries and, with the per-gene readout, each
-   gene's output weights and bias) are selected by name (:func:`select_model_genes`).
-3. **Fine-tuning** (:func:`transfer_fold`, once per target fold) on the target fold's training samples, with
-   its validation samples for early stopping, target statistics fitted on its training bags and
-   the fold's phenotypes. ``full``: every weight trains from the pretrained start. ``lora``:
-   :func:`bitro.model.lora.apply_lora` (r 8, α 16, dropout 0.05 by default) freezes the base; the adapters,
-   gene queries and readout train.
-4. **Outputs** in the fold's folder: ``full`` writes ``model.safetensors`` + ``model.json`` that
-   :func:`bitro.train.checkpoint.load_model` reads. ``lora`` writes the frozen, gene-aligned base
-   (``model.safetensors``), the adapters and fine-tuned head (``adapter.safetensors``) and a ``model.json``
-   of format :data:`LORA_FORMAT`, which ``load_model`` refuses (it would silently give the base without its
-   adapters); :func:`load_transferred` reads every kind of model folder. ``model.json`` records the source
-   cohort, the pretrained checkpoint's sha256, the mode, the LoRA settings and the shared genes.
+- **Patients** (:func:`sample_patients`, :func:`check_no_shared_patients`): no pretraining sample may be a
+  test sample of the target, nor share a patient with one: the two cohorts are different, but sample sheets
+  can name the same patients (a HEST section cut from a TCGA case), and the run refuses when they do
+  (:class:`PatientOverlapError`).
+- **Genes, aligned by name**: the transferred model predicts the genes the source and target
+  share (:func:`transfer_genes`, sorted by name, so the order of either gene file never matters); the rows
+  of every per-gene tensor of the pretrained model (the gene queries and, with the per-gene readout, each
+  gene's output weights and bias) are selected by name (:func:`select_model_genes`).
+- **The pretraining split** (:func:`pretraining_fold`): every source sample trains but a validation group
+  for early stopping — the validation side of one of the source's folds when its ``folds.json`` is given
+  (its test side joins training), a seeded fifth of the source's patients otherwise.
+- **The architecture** is the pretrained model's (:func:`check_architecture`).
+
+Nothing is written here.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import logging
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 
-from bitro._atomic import atomic_path
-from bitro._hashing import file_sha256
 from bitro.errors import InputError, PatientOverlapError
-from bitro.evaluate.splits import Fold, Folds, read_folds
-from bitro.features.phenotype import Phenotypes, fit_phenotypes, read_phenotypes, write_phenotypes
-from bitro.genes.normalise import TargetTransform
-from bitro.genes.selection import read_gene_list, shared_genes
+from bitro.folds.splits import Fold, Folds
+from bitro.genes.selection import shared_genes
 from bitro.io.validate import require_file
 from bitro.model.bitro import BiTro, BiTroConfig
-from bitro.model.lora import (
-    TRAINABLE_PREFIXES,
-    apply_lora,
-    load_lora,
-    lora_settings,
-    read_lora_metadata,
-    save_lora,
-    trainable_parameter_names,
-)
-from bitro.train.checkpoint import FORMAT, load_model, save_model
-from bitro.train.data import Bag, SampleData
-from bitro.train.fit import TrainConfig, TrainResult, fit
-from bitro.train.run import FoldInputs, fold_record, load_fold, model_metadata, validation_scores
-
-log = logging.getLogger("bitro")
-
-Mode = Literal["full", "lora"]
-MODES: tuple[str, ...] = ("full", "lora")
-#: ``model.json`` format of a LoRA fold: the frozen base in ``model.safetensors``, adapters beside it.
-LORA_FORMAT = "bitro-model-lora/1"
-ADAPTER_FILE = "adapter.safetensors"
-#: Marks which pretraining and settings a fine-tuning's resume state belongs to.
-ORIGIN_FILE = "origin.json"
-
-
-@dataclass(frozen=True)
-class LoraOptions:
-    """LoRA settings of a fine-tuning (paper §3.5).
-
-    Attributes
-    ----------
-    r, alpha, dropout
-        Rank, scaling numerator (scale α / r) and dropout on the adapters' input.
-    target_modules
-        Exact module names to adapt; ``None``: :func:`bitro.model.lora.lora_target_modules`.
-    """
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"LoRA rank must be at least 1, got {self.r}")
-        if self.alpha <= 0:
-            raise ValueError(f"LoRA alpha must be positive, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> LoraOptions:
-        """From the ``transfer.lora`` settings (``r``, ``alpha``, ``dropout``, ``target_modules``)."""
-        data = dict(data or {})
-        unknown = sorted(set(data) - {"r", "alpha", "dropout", "target_modules"})
-        if unknown:
-            raise ValueError(f"unknown LoRA settings: {unknown}")
-        if data.get("target_modules") is not None:
-            data["target_modules"] = tuple(data["target_modules"])
-        return cls(**data)
-
-
-@dataclass
-class Finetuned:
-    """The result of :func:`finetune`.
-
-    Attributes
-    ----------
-    model
-        The fine-tuned model (LoRA injected in ``lora`` mode), holding its best validation weights.
-    base
-        The pretrained model with its genes selected for the target, as fine-tuning started from it.
-    mode
-        ``full`` or ``lora``.
-    lora
-        The LoRA settings (``lora`` mode) or None.
-    result
-        What :func:`bitro.train.fit.fit` returned.
-    trainable
-        Names of the parameters that trained.
-    """
-
-    model: BiTro
-    base: BiTro
-    mode: Mode
-    lora: LoraOptions | None
-    result: TrainResult
-    trainable: list[str]
-
+from bitro.model.lora import lora_settings
 
 # --------------------------------------------------------------------------------------------- patients
 
@@ -385,7 +283,8 @@ def pretraining_fold(
     return Fold("pretrain", train=train, validation=validation, test=[])
 
 
-def _cohort_samples(samples_dir: Path, sheet: str | Path | None, folds: Folds | None) -> list[str]:
+def cohort_samples(samples_dir: Path, sheet: str | Path | None, folds: Folds | None) -> list[str]:
+    """The samples of a source cohort: its sheet's, else its folds', else every sample folder's."""
     if sheet is not None:
         path = require_file(sheet, "sample sheet")
         return sorted(pd.read_csv(path, sep="\t", dtype=str)["sample_id"].tolist())
@@ -397,323 +296,7 @@ def _cohort_samples(samples_dir: Path, sheet: str | Path | None, folds: Folds | 
     return found
 
 
-# ----------------------------------------------------------------------------------------- fine-tuning
-
-
-def _frozen_changes(model: BiTro, base: BiTro) -> list[str]:
-    """Base tensors (outside the trainable head) whose value differs between ``model`` and ``base``."""
-    reference = base.state_dict()
-    changed = []
-    for name, tensor in model.state_dict().items():
-        plain = name.replace(".base_layer.", ".")
-        if "lora_" in name or plain.startswith(TRAINABLE_PREFIXES):
-            continue
-        if not torch.equal(tensor.detach().cpu(), reference[plain].cpu()):
-            changed.append(plain)
-    return changed
-
-
-def finetune(
-    pretrained: BiTro,
-    pretrained_genes: Sequence[str],
-    genes: Sequence[str],
-    train_bags: Sequence[Bag],
-    validation_bags: Sequence[Bag],
-    samples: Sequence[SampleData],
-    transform: TargetTransform,
-    config: TrainConfig,
-    out_dir: str | Path,
-    *,
-    mode: Mode = "lora",
-    lora: LoraOptions | None = None,
-    device: str = "cpu",
-    progress: bool = True,
-) -> Finetuned:
-    """Fine-tune a copy of ``pretrained`` on the target's bags (module docstring, step 3).
-
-    Parameters
-    ----------
-    pretrained, pretrained_genes
-        The pretrained model (left unchanged) and its genes.
-    genes
-        The genes to predict (:func:`transfer_genes`); the bags' targets and ``transform`` follow them.
-    train_bags, validation_bags, samples, transform, config, out_dir, device, progress
-        As for :func:`bitro.train.fit.fit`.
-    mode
-        ``full``: every weight trains; ``lora``: adapters, gene queries and readout train, the rest frozen.
-    lora
-        LoRA settings (``lora`` mode; default :class:`LoraOptions`).
-
-    Raises
-    ------
-    RuntimeError
-        A frozen base weight changed during LoRA fine-tuning.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if tuple(transform.genes) != tuple(genes):
-        raise ValueError("the target statistics are not in the order of the genes")
-    base = select_model_genes(pretrained, pretrained_genes, genes)
-    model = copy.deepcopy(base)
-    options = None
-    if mode == "lora":
-        options = lora or LoraOptions()
-        torch.manual_seed(config.seed)  # the adapters' initialisation
-        targets = list(options.target_modules) if options.target_modules is not None else None
-        apply_lora(model, options.r, options.alpha, options.dropout, targets)
-    else:
-        for param in model.parameters():
-            param.requires_grad_(True)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    names = trainable_parameter_names(model)
-    log.info(
-        "%s fine-tuning: %d of %d parameters train",
-        mode,
-        sum(p.numel() for p in trainable),
-        sum(p.numel() for p in model.parameters()),
-    )
-    result = fit(
-        model,
-        train_bags,
-        validation_bags,
-        samples,
-        transform,
-        config,
-        out_dir,
-        device=device,
-        progress=progress,
-        parameters=lambda: trainable,
-    )
-    if mode == "lora":
-        changed = _frozen_changes(model, base)
-        if changed:
-            raise RuntimeError(f"LoRA fine-tuning changed frozen base weights: {changed[:5]}")
-    return Finetuned(model=model.eval(), base=base, mode=mode, lora=options, result=result, trainable=names)
-
-
-def _write_json(record: dict[str, Any], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(record, indent=1))
-
-
-def write_transferred(finetuned: Finetuned, metadata: dict[str, Any], folder: str | Path) -> Path:
-    """Write a fine-tuned model (module docstring, step 4); returns ``model.json``.
-
-    ``metadata`` holds ``genes`` and ``transform`` like :func:`bitro.train.checkpoint.save_model`'s, and
-    the ``transfer`` record. ``model.json`` is written last, so its presence means the folder is complete.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    genes = list(metadata["genes"])
-    if finetuned.mode == "full":
-        (folder / ADAPTER_FILE).unlink(missing_ok=True)
-        return save_model(finetuned.model.cpu(), metadata, folder)
-    base = finetuned.base
-    if len(genes) != base.config.n_genes:
-        raise ValueError(f"{len(genes)} gene names for a model of {base.config.n_genes} genes")
-    (folder / "model.json").unlink(missing_ok=True)
-    with atomic_path(folder / "model.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()}, str(tmp))
-    base_sha = file_sha256(folder / "model.safetensors")
-    save_lora(
-        finetuned.model.cpu(),
-        folder / ADAPTER_FILE,
-        metadata={"genes": json.dumps(genes), "base_sha256": base_sha},
-    )
-    record = {"format": LORA_FORMAT, "model_config": asdict(base.config), **metadata}
-    record["transfer"] = dict(record.get("transfer", {})) | {
-        "adapter": ADAPTER_FILE,
-        "base_sha256": base_sha,
-        "adapter_sha256": file_sha256(folder / ADAPTER_FILE),
-    }
-    _write_json(record, folder / "model.json")
-    return folder / "model.json"
-
-
-def load_transferred(folder: str | Path, *, device: str = "cpu") -> tuple[BiTro, dict[str, Any]]:
-    """Load any model folder: a trained fold, a ``full`` transfer or a ``lora`` transfer (base + adapters).
-
-    Returns
-    -------
-    tuple[BiTro, dict]
-        The model in eval mode (LoRA injected for a ``lora`` folder) and ``model.json``.
-
-    Raises
-    ------
-    InputError
-        A missing file, an adapter made for another base, or tensors that do not fit.
-    """
-    folder = Path(folder)
-    meta_path = require_file(folder / "model.json", "model description")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(meta_path, f"is not JSON ({exc})") from exc
-    if meta.get("format") == FORMAT:
-        return load_model(folder, device=device)
-    if meta.get("format") != LORA_FORMAT:
-        raise InputError(meta_path, f"is neither a {FORMAT} nor a {LORA_FORMAT} model description")
-    weights = require_file(folder / "model.safetensors", "frozen base weights")
-    adapter = require_file(folder / meta.get("transfer", {}).get("adapter", ADAPTER_FILE), "LoRA adapters")
-    config = BiTroConfig(**meta["model_config"])
-    genes = list(meta.get("genes", []))
-    if len(genes) != config.n_genes:
-        raise InputError(meta_path, f"names {len(genes)} genes for a model of {config.n_genes}")
-    TargetTransform.from_dict(meta["transform"])
-    adapter_meta = read_lora_metadata(adapter)
-    if adapter_meta.get("base_sha256") != file_sha256(weights):
-        raise InputError(adapter, f"was made for another base than {weights.name}")
-    if json.loads(adapter_meta.get("genes", "[]")) != genes:
-        raise InputError(adapter, f"predicts other genes than {meta_path.name} names")
-    with torch.random.fork_rng(devices=[]):
-        model = BiTro(config)
-    try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
-        load_lora(model, adapter)
-    except (RuntimeError, ValueError) as exc:
-        raise InputError(weights, f"does not fit the model described in {meta_path.name} ({exc})") from exc
-    return model.to(device).eval(), meta
-
-
-# ----------------------------------------------------------------------------------------- file level
-
-
-def _target_rows(inputs: FoldInputs) -> np.ndarray:
-    return np.stack([inputs.samples[b.sample].targets[b.target_row] for b in inputs.bags["train"]])
-
-
-def pretrain(
-    source_samples_dir: str | Path,
-    source_genes_path: str | Path,
-    out_dir: str | Path,
-    *,
-    source_sheet: str | Path | None = None,
-    source_folds_path: str | Path | None = None,
-    source_fold: str | None = None,
-    source_cohort: str | None = None,
-    target_folds_path: str | Path | None = None,
-    target_sheet: str | Path | None = None,
-    target_samples_dir: str | Path | None = None,
-    model_config: dict[str, Any] | None = None,
-    train_config: TrainConfig | None = None,
-    zscore: bool = True,
-    phenotypes_k: int = 8,
-    validation_fraction: float = 0.2,
-    device: str = "cpu",
-    progress: bool = True,
-) -> TrainResult:
-    """Pretrain on the whole source cohort (module docstring, step 1) and write it into ``out_dir``.
-
-    Parameters
-    ----------
-    source_samples_dir, source_genes_path
-        ``results/<source>/samples`` and the source's ``genes.txt``.
-    out_dir
-        ``results/transfer/<source>_to_<target>/pretrain``: ``model.safetensors``, ``model.json`` (with a
-        ``pretrain`` record: source cohort, samples and patients), ``phenotypes.npz``, ``train_log.csv``.
-    source_sheet, source_folds_path, source_fold, source_cohort
-        The source's sample sheet (its samples and patients), its folds (which validation group), the fold
-        whose validation side validates (default: the first), and its name (default: from the folds, else
-        the parent of the samples folder).
-    target_folds_path, target_sheet, target_samples_dir
-        The target's folds and patients: no pretraining sample may share a patient with a test sample of
-        any target fold (:class:`PatientOverlapError`). Without target folds, only each fine-tuning checks.
-    model_config, train_config, zscore
-        As for :func:`bitro.train.run.train_fold`.
-    phenotypes_k
-        Phenotypes fitted on the pretraining samples (when the cluster loss is on).
-    validation_fraction
-        Share of the source's patients that validates when no folds are given.
-    """
-    source_samples_dir, out_dir = Path(source_samples_dir), Path(out_dir)
-    train_config = train_config or TrainConfig()
-    folds = read_folds(source_folds_path) if source_folds_path else None
-    samples = _cohort_samples(source_samples_dir, source_sheet, folds)
-    patients = sample_patients(samples, sheet=source_sheet, samples_dir=source_samples_dir)
-    cohort = source_cohort or (folds.cohort if folds is not None else source_samples_dir.parent.name)
-    target_cohort = None
-    if target_folds_path:
-        target = read_folds(target_folds_path)
-        target_cohort = target.cohort
-        tests = sorted({s for fold in target.folds for s in fold.test})
-        check_no_shared_patients(
-            patients, sample_patients(tests, sheet=target_sheet, samples_dir=target_samples_dir)
-        )
-    else:
-        log.warning("no target folds given: patient overlap is checked by each fine-tuning only")
-    fold = pretraining_fold(
-        patients,
-        folds=folds,
-        fold_name=source_fold,
-        validation_fraction=validation_fraction,
-        seed=train_config.seed,
-    )
-    genes = read_gene_list(source_genes_path)
-    phenotypes: Phenotypes | None = None
-    if train_config.lambda_cluster > 0:
-        features = {
-            s: np.load(require_file(source_samples_dir / s / "features.npy", "cell features"))
-            for s in fold.train
-        }
-        phenotypes = fit_phenotypes(features, fold.train, k=phenotypes_k, seed=train_config.seed)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_phenotypes(phenotypes, out_dir / "phenotypes.npz")
-    inputs = load_fold(source_samples_dir, fold, genes, phenotypes=phenotypes)
-    transform = TargetTransform.fit(_target_rows(inputs), genes, zscore=zscore, space=inputs.samples[0].space)
-    settings = dict(model_config or {})
-    settings.setdefault("output", "identity" if zscore else "softplus")
-    torch.manual_seed(train_config.seed)
-    config = BiTroConfig(n_genes=len(genes), in_dim=inputs.samples[0].features.shape[1], **settings)
-    _clear_stale_state(
-        out_dir,
-        {
-            "fold": fold_record(fold),
-            "genes": genes,
-            "model": config.to_dict(),
-            "train": train_config.to_dict(),
-            "zscore": zscore,
-        },
-    )
-    model = BiTro(config)
-    log.info(
-        "pretraining on %s: %d training and %d validation bags, %d genes",
-        cohort,
-        len(inputs.bags["train"]),
-        len(inputs.bags["validation"]),
-        len(genes),
-    )
-    result = fit(
-        model,
-        inputs.bags["train"],
-        inputs.bags["validation"],
-        inputs.samples,
-        transform,
-        train_config,
-        out_dir,
-        device=device,
-        progress=progress,
-    )
-    scores = validation_scores(model, inputs, transform, device=device)
-    levels = sorted({s.level for s in inputs.samples})
-    features = {"scope": "sample", "basis": None}
-    metadata = model_metadata(genes, transform, phenotypes, features, fold, train_config, result, scores)
-    metadata |= {
-        "pretrain": {
-            "source_cohort": cohort,
-            "source_level": levels[0] if len(levels) == 1 else levels,
-            "patients": patients,
-            "validation_from": f"{folds.cohort} {source_fold or folds.folds[0].name}"
-            if folds
-            else "patients",
-            "target_cohort": target_cohort,
-        },
-    }
-    save_model(model, metadata, out_dir)
-    log.info("pretraining on %s: validation %s", cohort, json.dumps(scores))
-    return result
-
-
-def _check_architecture(config: BiTroConfig, model_config: Mapping[str, Any] | None) -> None:
+def check_architecture(config: BiTroConfig, model_config: Mapping[str, Any] | None) -> None:
     """Model settings given for a fine-tuning must be the pretrained model's."""
     ours = config.to_dict()
     different = {k: (v, ours.get(k)) for k, v in dict(model_config or {}).items() if ours.get(k) != v}
@@ -724,182 +307,14 @@ def _check_architecture(config: BiTroConfig, model_config: Mapping[str, Any] | N
         )
 
 
-def _clear_stale_state(out_dir: Path, origin: dict[str, Any]) -> None:
-    """Drop a resume state left by a run on other inputs or settings; mark the state with ``origin``."""
-    origin = json.loads(json.dumps(origin))  # as it reads back (tuples become lists)
-    state = out_dir / "checkpoint"
-    marker = state / ORIGIN_FILE
-    if state.is_dir():
-        known = json.loads(marker.read_text()) if marker.is_file() else None
-        if known != origin:
-            log.warning("%s: resume state of a run on other inputs or settings, starting over", state)
-            shutil.rmtree(state)
-    state.mkdir(parents=True, exist_ok=True)
-    _write_json(origin, marker)
-
-
-def transfer_fold(
-    target_samples_dir: str | Path,
-    target_folds_path: str | Path,
-    fold_name: str,
-    target_genes_path: str | Path,
-    pretrain_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    mode: Mode = "lora",
-    lora: LoraOptions | None = None,
-    train_config: TrainConfig | None = None,
-    model_config: dict[str, Any] | None = None,
-    phenotypes_path: str | Path | None = None,
-    target_sheet: str | Path | None = None,
-    zscore: bool = True,
-    device: str = "cpu",
-    progress: bool = True,
-) -> TrainResult:
-    """Fine-tune the pretrained model on one fold of the target (module docstring, steps 2–4).
-
-    Parameters
-    ----------
-    target_samples_dir, target_folds_path, fold_name, target_genes_path
-        The target cohort's samples, folds, fold and ``genes.txt``.
-    pretrain_dir
-        The folder :func:`pretrain` wrote.
-    out_dir
-        ``results/transfer/<source>_to_<target>/<fold>``.
-    mode, lora
-        ``full`` or ``lora`` and the LoRA settings.
-    train_config
-        Fine-tuning settings.
-    model_config
-        The workflow's model settings; they must agree with the pretrained model's.
-    phenotypes_path
-        The target fold's ``phenotypes.npz`` (fitted on its training samples).
-    target_sheet
-        The target's sample sheet, for the patients of its test samples (else their ``targets.h5ad``).
-    zscore, device, progress
-        As for :func:`bitro.train.run.train_fold`.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    out_dir, pretrain_dir = Path(out_dir), Path(pretrain_dir)
-    train_config = train_config or TrainConfig()
-    folds = read_folds(target_folds_path)
-    fold = folds.fold(fold_name)
-    pretrained, pmeta = load_model(pretrain_dir)
-    record = pmeta.get("pretrain")
-    if record is None:
-        raise InputError(pretrain_dir / "model.json", "is not a pretrained model (no pretrain record)")
-    check_no_shared_patients(
-        record["patients"], sample_patients(fold.test, sheet=target_sheet, samples_dir=target_samples_dir)
-    )
-    if pmeta.get("features", {}).get("scope", "sample") != "sample":
-        raise ValueError("transfer needs per-sample features (feature_scope: sample)")
-    _check_architecture(pretrained.config, model_config)
-    if pretrained.config.output == "softplus" and zscore:
-        raise ValueError("the pretrained model has a Softplus output, which cannot fit z-scored targets")
-    target_genes = read_gene_list(target_genes_path)
-    genes = transfer_genes(pmeta["genes"], target_genes)
-    dropped = sorted(set(target_genes) - set(genes))
-    if dropped:
-        log.warning(
-            "%d of the target's %d genes are not in the source: %s",
-            len(dropped),
-            len(target_genes),
-            dropped[:10],
-        )
-    phenotypes = read_phenotypes(phenotypes_path) if phenotypes_path else None
-    if phenotypes is not None and set(phenotypes.train_samples) != set(fold.train):
-        raise ValueError(
-            f"{phenotypes_path}: phenotypes were fitted on other samples than {fold_name}'s training set"
-        )
-    inputs = load_fold(target_samples_dir, fold, genes, phenotypes=phenotypes)
-    width = inputs.samples[0].features.shape[1]
-    if width != pretrained.config.in_dim:
-        raise ValueError(
-            f"the target's features have width {width}, "
-            f"the pretrained model expects {pretrained.config.in_dim}"
-        )
-    transform = TargetTransform.fit(_target_rows(inputs), genes, zscore=zscore, space=inputs.samples[0].space)
-    pretrain_sha = file_sha256(pretrain_dir / "model.safetensors")
-    options = (lora or LoraOptions()) if mode == "lora" else None
-    _clear_stale_state(
-        out_dir,
-        {
-            "pretrain_sha256": pretrain_sha,
-            "mode": mode,
-            "lora": None if options is None else asdict(options),
-            "genes": genes,
-            "train": train_config.to_dict(),
-            "zscore": zscore,
-            "phenotypes": None if phenotypes is None else list(phenotypes.train_samples),
-        },
-    )
-    log.info(
-        "%s → %s %s (%s): %d training and %d validation bags, %d shared genes",
-        record["source_cohort"],
-        folds.cohort,
-        fold_name,
-        mode,
-        len(inputs.bags["train"]),
-        len(inputs.bags["validation"]),
-        len(genes),
-    )
-    done = finetune(
-        pretrained,
-        pmeta["genes"],
-        genes,
-        inputs.bags["train"],
-        inputs.bags["validation"],
-        inputs.samples,
-        transform,
-        train_config,
-        out_dir,
-        mode=mode,
-        lora=options,
-        device=device,
-        progress=progress,
-    )
-    scores = validation_scores(done.model, inputs, transform, device=device)
-    settings = lora_settings(done.model)
-    features = {"scope": "sample", "basis": None}
-    metadata = model_metadata(genes, transform, phenotypes, features, fold, train_config, done.result, scores)
-    metadata |= {
-        "transfer": {
-            "mode": mode,
-            "source_cohort": record["source_cohort"],
-            "source_level": record.get("source_level"),
-            "target_cohort": folds.cohort,
-            "pretrain_dir": str(pretrain_dir),
-            "pretrain_sha256": pretrain_sha,
-            "source_genes": len(pmeta["genes"]),
-            "target_genes": len(target_genes),
-            "shared_genes": genes,
-            "dropped_target_genes": dropped,
-            "lora": None if settings is None else asdict(settings),
-            "trainable_parameters": done.trainable,
-        },
-    }
-    write_transferred(done, metadata, out_dir)
-    log.info("%s %s (%s transfer): validation %s", folds.cohort, fold_name, mode, json.dumps(scores))
-    return done.result
-
-
 __all__ = [
-    "ADAPTER_FILE",
-    "LORA_FORMAT",
-    "MODES",
-    "Finetuned",
-    "LoraOptions",
     "PatientOverlapError",
+    "check_architecture",
     "check_no_shared_patients",
-    "finetune",
-    "load_transferred",
+    "cohort_samples",
     "per_gene_tensors",
-    "pretrain",
     "pretraining_fold",
     "sample_patients",
     "select_model_genes",
-    "transfer_fold",
     "transfer_genes",
-    "write_transferred",
 ]

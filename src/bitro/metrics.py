@@ -12,7 +12,7 @@ Conventions
 * **Undefined correlations.** A Pearson/Spearman correlation is undefined where truth or prediction is
   constant over the entries it is computed on, or where fewer than 2 entries are available. Undefined
   values are NaN, they are counted (:class:`Scores`), and means average the defined values only: read a mean
-  together with its count of undefined items (docs/pitfalls.md#undefined-correlations-are-counted).
+  together with its count of undefined items.
 * **Space.** The metrics are computed in whatever space the arrays are in; :func:`evaluate` requires the
   caller to name it ("log1p counts", "TPM", "log1p TPM", …) and stores the label with the numbers.
 * **Pooled vs per sample**. :func:`evaluate` computes the headline numbers either pooled over
@@ -492,7 +492,7 @@ def evaluate(
         Sample (or patient) label of each unit. With groups, metrics are also computed within each sample
         (``Evaluation.per_sample``).
     scope : {"pooled", "per_sample"}, optional
-        Scope of the headline metrics (docs/pitfalls.md). ``"pooled"``: over all units together;
+        Scope of the headline metrics. ``"pooled"``: over all units together;
         ``"per_sample"``: within each sample, then the mean over samples where defined. Default:
         ``"per_sample"`` when ``groups`` is given, else ``"pooled"``.
 

@@ -1,16 +1,9 @@
-"""What the model trains on: each sample's cells, graphs and targets, cut into bags.
+"""What the model sees of one sample, read once: features, cell offsets, phenotypes, graph and targets.
 
-A sample is read once into a :class:`SampleData` (features, offsets of cells from their unit centre,
-phenotype labels, the kNN graph, raw targets aligned to the cohort's genes by name). Bags are light
-references into it:
-
-- ``st``: one bag per spot in tissue (the layout's ``in_tissue``) that holds at least one cell; spots
-  outside tissue neither train nor score (their count is logged);
-- ``xenium``: one bag per pseudo-spot (55 µm square) that holds at least one cell;
-- ``bulk``: one bag per slide, made of all its patches that hold cells; training draws a random subset of
-  its patches at each step (paper §3.4, docs/methods.md), prediction streams over all of them.
-
-:func:`collate` packs bags into a :class:`bitro.model.batch.CellBatch` with targets.
+:func:`load_sample` reads a sample folder's ``cells.parquet``, ``graph.npz``, ``units.parquet`` and
+``targets.h5ad`` (targets aligned to the cohort's genes by name) into a :class:`SampleData`;
+:func:`sample_features` reads its per-cell features (``features.npy``, or ``embeddings.npy`` projected on a
+fold's PCA basis). Nothing is written. The sample is cut into bags by :mod:`bitro.folds.bags`.
 """
 
 from __future__ import annotations
@@ -30,8 +23,6 @@ from bitro.features.phenotype import Phenotypes
 from bitro.features.reduce import PCABasis
 from bitro.genes.selection import align_genes
 from bitro.io.validate import require_file
-from bitro.model.batch import Bag as ModelBag
-from bitro.model.batch import CellBatch
 from bitro.preprocess.cells import read_cells
 from bitro.preprocess.units import read_units
 
@@ -56,16 +47,6 @@ class SampleData:
 
     def unit_cells(self, position: int) -> slice:
         return slice(int(self.graph.cell_offsets[position]), int(self.graph.cell_offsets[position + 1]))
-
-
-@dataclass(frozen=True)
-class Bag:
-    """A bag: units (positions in the sample's ``graph.unit_ids``) and the row of its target."""
-
-    sample: int
-    units: np.ndarray
-    target_row: int
-    key: str
 
 
 def sample_features(
@@ -147,65 +128,3 @@ def load_sample(
         space=str(meta.get("space", "counts")),
         in_tissue=in_tissue,
     )
-
-
-def make_bags(sample: SampleData, index: int, *, unit_mask: np.ndarray | None = None) -> list[Bag]:
-    """The bags of a sample (module docstring); ``unit_mask`` (by unit id) limits which units enter."""
-    unit_ids = sample.graph.unit_ids
-    keep = np.ones(len(unit_ids), dtype=bool) if unit_mask is None else np.asarray(unit_mask)[unit_ids]
-    keep &= np.diff(sample.graph.cell_offsets) > 0
-    if sample.in_tissue is not None:
-        keep &= sample.in_tissue[unit_ids]
-    positions = np.flatnonzero(keep)
-    if sample.level == "bulk":
-        if len(positions) == 0:
-            return []
-        return [Bag(index, positions, 0, sample.sample_id)]
-    return [
-        Bag(index, np.array([p]), int(unit_ids[p]), f"{sample.sample_id}:{unit_ids[p]}") for p in positions
-    ]
-
-
-def model_bag(
-    bag: Bag, samples: Sequence[SampleData], units: np.ndarray | None = None
-) -> tuple[ModelBag, np.ndarray]:
-    """The model's view of ``bag`` (only ``units`` of it when given) and its cells' ``cells.parquet`` rows."""
-    sample = samples[bag.sample]
-    units = bag.units if units is None else units
-    spans = [sample.unit_cells(int(p)) for p in units]
-    take = np.concatenate([np.arange(c.start, c.stop) for c in spans])
-    piece = ModelBag(
-        features=sample.features[take],
-        offsets_um=sample.offsets_um[take],
-        phenotype=sample.phenotype[take],
-        unit_sizes=np.array([c.stop - c.start for c in spans], dtype=np.int64),
-        unit_edges=[sample.graph.unit(int(p))[1] for p in units],
-    )
-    return piece, sample.cell_rows[take]
-
-
-def collate(
-    bags: Sequence[Bag],
-    samples: Sequence[SampleData],
-    *,
-    max_units: int | None = None,
-    rng: np.random.Generator | None = None,
-) -> tuple[CellBatch, np.ndarray, list[np.ndarray]]:
-    """Pack ``bags`` into a batch.
-
-    Returns the :class:`CellBatch`, the raw targets (B × G) and, per bag, the ``cells.parquet`` rows of
-    its cells in batch order. A bag with more than ``max_units`` units (bulk) contributes a random subset
-    of that many, drawn from ``rng``.
-    """
-    pieces, rows, targets = [], [], []
-    for bag in bags:
-        units = bag.units
-        if max_units is not None and len(units) > max_units:
-            if rng is None:
-                raise ValueError("subsampling units needs a random generator")
-            units = np.sort(rng.choice(units, max_units, replace=False))
-        piece, cell_rows = model_bag(bag, samples, units)
-        pieces.append(piece)
-        rows.append(cell_rows)
-        targets.append(samples[bag.sample].targets[bag.target_row])
-    return CellBatch.collate(pieces), np.stack(targets), rows

@@ -1,0 +1,137 @@
+"""The one fold-training pipeline gives, bit for bit, the models of the three paths it replaced.
+
+The digests below were recorded with the code *before* ``train``, ``transfer-pretrain`` and ``transfer``
+were merged into one pipeline (issue 15): training from scratch (also after a kill and a resume),
+pretraining, and LoRA and full fine-tuning, each on a tiny seeded cohort, on one CPU thread. A digest is
+the sha256 of a safetensors file's tensors (names and bytes, sorted by name), not of the file: the
+adapter file's metadata is a map that safetensors writes in no fixed order.
+
+The digests hold on this project's CPU machines (x86-64, the pinned torch); another BLAS may round
+differently, in which case the results are still checked to train and resume alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bitro.train.config import TrainConfig
+from bitro.train.finetune import transfer_fold
+from bitro.train.pipeline import LoraOptions
+from bitro.train.pretrain import pretrain
+from bitro.train.run import train_fold
+from tiny_cohorts import TINY, UNIVERSE, write_cohort
+
+#: sha256 of the weights of each run, recorded before the refactoring.
+REFERENCE = {
+    "train": "5d76fe827390f1deacb0a25860efe6ceffa9e26cf7b947eaa42608a55e54a4c6",
+    "pretrain": "54f11d55397207469dde746d3fc35f3d5f99e6c4cb9f20d9683d08df217ea392",
+    "lora": "59d7d9f327b0776116b6c88869042aa4b7319d1927b98d26b345d96501d55fcb",
+    "lora_adapter": "58449062792bce78ffc92826111106aeb74f282204f0c895a75d89574dcc9148",
+    "full": "3eeaaf9f80de267aafcfa820e0127a0b7a839fc495c1df722b8aee50d345fea1",
+}
+#: How each run ended (``model.json`` ``result``), recorded with the digests.
+RESULTS = {
+    "train": {"best_step": 6, "steps_run": 6, "best_val_loss": 1.0080729524294536},
+    "pretrain": {"best_step": 10, "steps_run": 10, "best_val_loss": 1.2135405540466309},
+    "lora": {"best_step": 8, "steps_run": 8, "best_val_loss": 8.758260726928711},
+    "full": {"best_step": 8, "steps_run": 8, "best_val_loss": 8.824421882629395},
+}
+#: Validation MSE in ``model.json``, recorded with the digests.
+VALIDATION_MSE = {
+    "train": 0.5970749708841828,
+    "pretrain": 0.7285505764713464,
+    "lora": 0.014714321286980518,
+    "full": 0.01523738849486218,
+}
+CONFIG = TrainConfig(
+    lr=3e-3, max_steps=6, patience_steps=50, eval_every_steps=1, batch_bags=16, lambda_cluster=0.1
+)
+
+
+def tensor_digest(path: Path) -> str:
+    """sha256 of a safetensors file's tensors: each name and its bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(str(path)).items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _check(folder: Path, name: str) -> dict:
+    meta = json.loads((folder / "model.json").read_text())
+    assert {k: meta["result"][k] for k in RESULTS[name]} == RESULTS[name], name
+    assert meta["validation"]["model"]["mse"] == pytest.approx(VALIDATION_MSE[name], rel=1e-12, abs=0)
+    assert tensor_digest(folder / "model.safetensors") == REFERENCE[name], name
+    return meta
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_every_path_trains_the_weights_it_trained_before(tmp_path: Path) -> None:
+    source = write_cohort(
+        tmp_path / "src", "st", {"S1": "P1", "S2": "P1", "S3": "P2", "S4": "P3"}, UNIVERSE[:6], UNIVERSE[:6]
+    )
+    target_patients = {"T1a": "Q1", "T1b": "Q1", "T2": "Q2", "T3": "Q3", "T4": "Q4", "T5": "Q5"}
+    target = write_cohort(tmp_path / "tgt", "bulk", target_patients, UNIVERSE[2:], UNIVERSE[2:])
+    source_files = (source / "samples", source / "folds.json", "fold0", source / "genes.txt")
+    phenotypes = source / "fold0" / "phenotypes.npz"
+
+    for name, stop in (("train", None), ("train_resumed", 2)):
+        out = tmp_path / name
+        options = {"model_config": TINY, "train_config": CONFIG, "phenotypes_path": phenotypes}
+        if stop is not None:  # killed after a checkpoint, then run again: the same model
+            train_fold(*source_files, out, **options, progress=False, stop_after=stop)
+            assert not (out / "model.json").exists()
+        train_fold(*source_files, out, **options, progress=False)
+        _check(out, "train")
+
+    pre = tmp_path / "pre"
+    pretrain(
+        source / "samples",
+        source / "genes.txt",
+        pre,
+        source_sheet=source / "sheet.tsv",
+        target_folds_path=target / "folds.json",
+        target_sheet=target / "sheet.tsv",
+        model_config=TINY,
+        train_config=CONFIG,
+        phenotypes_k=2,
+        progress=False,
+    )
+    _check(pre, "pretrain")
+
+    for mode in ("lora", "full"):
+        out = tmp_path / mode
+        transfer_fold(
+            target / "samples",
+            target / "folds.json",
+            "fold0",
+            target / "genes.txt",
+            pre,
+            out,
+            mode=mode,
+            lora=LoraOptions(r=4, alpha=8),
+            train_config=CONFIG,
+            model_config=TINY,
+            phenotypes_path=target / "fold0" / "phenotypes.npz",
+            target_sheet=target / "sheet.tsv",
+            progress=False,
+        )
+        meta = _check(out, mode)
+        assert meta["format"] == ("bitro-model-lora/1" if mode == "lora" else "bitro-model/1")
+        if mode == "lora":
+            assert tensor_digest(out / "adapter.safetensors") == REFERENCE["lora_adapter"]
