@@ -28,10 +28,12 @@ from bitro.predict import (
     heatmap_name,
     read_bulk_table,
     slide_profile,
+    unit_amounts,
     write_bulk_table,
     write_cells,
     write_cells_qupath,
     write_heatmaps,
+    write_slide_outputs,
     write_spots,
 )
 from bitro.preprocess.cells import cells_table
@@ -400,3 +402,69 @@ def test_heat_maps_draw_each_chosen_gene_over_the_he(slide: Slide, tmp_path: Pat
             pixels = np.asarray(png.convert("RGB"), dtype=np.int16)
         assert pink_fraction(pixels) > 0.1  # the H&E shows between the spots
     assert heatmap_name("HLA-A/B") == "HLA-A_B.png"
+
+
+# ------------------------------------------------------------------------------------- one slide
+
+
+@pytest.mark.parametrize("level", ["spot", "bulk"])
+def test_write_slide_outputs_writes_every_file_of_a_slide(slide: Slide, tmp_path: Path, level: str) -> None:
+    cell_unit = slide.cells["unit_id"].to_numpy()
+    if level == "bulk":  # a bulk model's slide profile, its patches the sums of their pseudo-cells (eq. 10)
+        whole = slide.pseudo.sum(axis=0)
+        units = unit_amounts(slide.pseudo, cell_unit, len(slide.units))
+        space = "tpm"
+    else:
+        whole, units, space = None, slide.prediction, "counts"
+    chosen = slide.genes[:2]
+    written = write_slide_outputs(
+        tmp_path / SAMPLE,
+        sample_id=SAMPLE,
+        genes=slide.genes,
+        units=slide.units,
+        unit_prediction=units,
+        cells=slide.cells,
+        pseudo_cells=slide.pseudo,
+        slide=slide.sample.slide_path,
+        mpp=slide.sample.mpp,
+        space=space,
+        trained_level=level,
+        chosen=chosen,
+        model=MODEL,
+        slide_prediction=whole,
+        dpi=50,
+    )
+    folder = tmp_path / SAMPLE
+    assert sorted(p.name for p in folder.iterdir()) == ["cells.geojson", "cells.h5ad", "maps", "spots.h5ad"]
+    assert sorted(p.name for p in (folder / "maps").iterdir()) == sorted(heatmap_name(g) for g in chosen)
+    assert set(written.files.values()) == {
+        folder / "spots.h5ad",
+        folder / "cells.h5ad",
+        folder / "cells.geojson",
+    }
+    spots = ad.read_h5ad(folder / "spots.h5ad")
+    cells = ad.read_h5ad(folder / "cells.h5ad")
+    for adata in (spots, cells):
+        assert (adata.uns["bitro"]["trained_level"], adata.uns["bitro"]["space"]) == (level, space)
+        metadata = adata.uns["spatial"][SAMPLE]["metadata"]
+        assert metadata["source_image_path"] == str(slide.sample.slide_path)
+    without_cells = ~np.isin(np.arange(len(slide.units)), cell_unit)
+    assert without_cells[3]
+    if level == "bulk":  # units without cells are not predicted
+        np.testing.assert_array_equal(np.isnan(spots.X).all(axis=1), without_cells)
+        assert written.n_units == 1
+        np.testing.assert_allclose(written.profile, whole.astype(np.float32), rtol=1e-6)
+        np.testing.assert_allclose(np.nansum(spots.X, axis=0), whole, rtol=1e-4)
+    else:
+        expected, n = slide_profile(slide.prediction, trained_level="spot")
+        assert written.n_units == n == len(slide.units) - 1
+        np.testing.assert_array_equal(written.profile, expected)
+
+
+def test_unit_amounts_sum_each_units_cells() -> None:
+    profiles = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
+    totals = unit_amounts(profiles, np.array([0, 2, 0, -1]), 3)
+    np.testing.assert_array_equal(totals[[0, 2]], [[6.0, 8.0], [3.0, 4.0]])
+    assert np.isnan(totals[1]).all()
+    with pytest.raises(ValueError, match="beyond the 3"):
+        unit_amounts(profiles, np.array([0, 3, 0, 0]), 3)

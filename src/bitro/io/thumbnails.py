@@ -92,10 +92,12 @@ def resized(image: SlideImage, max_size: int) -> SlideImage:
 
 @dataclass(frozen=True)
 class VisiumImages:
-    """The two images scanpy and squidpy read from ``uns["spatial"][library]["images"]``."""
+    """The two images scanpy and squidpy read from ``uns["spatial"][library]["images"]``, and the slide
+    they were read from (``None`` when unknown)."""
 
     hires: SlideImage
     lowres: SlideImage
+    source: str | None = None
 
 
 def visium_images(
@@ -108,4 +110,5 @@ def visium_images(
     if lowres_size > hires_size:
         raise ValueError(f"lowres_size ({lowres_size}) exceeds hires_size ({hires_size})")
     hires = slide_image(slide, max_size=hires_size)
-    return VisiumImages(hires=hires, lowres=resized(hires, lowres_size))
+    source = str(slide.path if isinstance(slide, Slide) else slide)
+    return VisiumImages(hires=hires, lowres=resized(hires, lowres_size), source=source)

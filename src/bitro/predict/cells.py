@@ -91,11 +91,8 @@ def cells_anndata(
     adata.obsm["spatial"] = cells[["x_px", "y_px"]].to_numpy(np.float64)
     if slide is not None and mpp is not None:
         images = slide if isinstance(slide, VisiumImages) else visium_images(slide)
-        source = None if isinstance(slide, VisiumImages) else str(getattr(slide, "path", slide))
         diameter = cell_diameter_px(cells, mpp)
-        adata.uns["spatial"] = {
-            str(sample_id): spatial_uns(images, spot_diameter_px=diameter, source_image=source)
-        }
+        adata.uns["spatial"] = {str(sample_id): spatial_uns(images, spot_diameter_px=diameter)}
     adata.uns["bitro"] = bitro_uns(
         sample_id=sample_id, space=space, trained_level=trained_level, unit="cell", model=model
     )
@@ -107,9 +104,27 @@ def write_cells(
     profiles: np.ndarray,
     genes: Sequence[str],
     cells: pd.DataFrame,
-    **options: Any,
+    *,
+    sample_id: str,
+    space: str,
+    trained_level: str,
+    model: Mapping[str, Any] | None = None,
+    phenotype: np.ndarray | None = None,
+    slide: VisiumImages | Slide | str | os.PathLike[str] | None = None,
+    mpp: float | None = None,
 ) -> ad.AnnData:
-    """Write ``cells.h5ad`` (:func:`cells_anndata` with the same arguments) atomically; returns it."""
-    adata = cells_anndata(profiles, genes, cells, **options)
+    """Write ``cells.h5ad`` atomically and return it; the arguments are those of :func:`cells_anndata`."""
+    adata = cells_anndata(
+        profiles,
+        genes,
+        cells,
+        sample_id=sample_id,
+        space=space,
+        trained_level=trained_level,
+        model=model,
+        phenotype=phenotype,
+        slide=slide,
+        mpp=mpp,
+    )
     write_h5ad(adata, path)
     return adata

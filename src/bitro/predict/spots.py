@@ -35,12 +35,7 @@ UNIT_COLUMNS = ("x_px", "y_px", "diameter_um")
 OBS_COLUMNS = ("unit_id", "barcode", "in_tissue", "shape", "tissue_fraction")
 
 
-def spatial_uns(
-    images: VisiumImages,
-    *,
-    spot_diameter_px: float,
-    source_image: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
+def spatial_uns(images: VisiumImages, *, spot_diameter_px: float) -> dict[str, Any]:
     """The value of ``uns["spatial"][library_id]``: images, scale factors and metadata."""
     if not np.isfinite(spot_diameter_px) or spot_diameter_px <= 0:
         raise ValueError(f"spot diameter must be a positive number of pixels, got {spot_diameter_px}")
@@ -53,16 +48,9 @@ def spatial_uns(
         },
         "metadata": {},
     }
-    if source_image is not None:
-        entry["metadata"]["source_image_path"] = str(source_image)
+    if images.source is not None:
+        entry["metadata"]["source_image_path"] = images.source
     return entry
-
-
-def _images(slide: VisiumImages | Slide | str | os.PathLike[str]) -> tuple[VisiumImages, str | None]:
-    if isinstance(slide, VisiumImages):
-        return slide, None
-    source = str(slide.path if isinstance(slide, Slide) else slide)
-    return visium_images(slide), source
 
 
 def spots_anndata(
@@ -121,7 +109,7 @@ def spots_anndata(
         raise ValueError(f"mpp must be a positive number of µm per pixel, got {mpp}")
     x = amounts(prediction, len(units), "prediction")
     names = gene_names(genes, x.shape[1])
-    images, source = _images(slide)
+    images = slide if isinstance(slide, VisiumImages) else visium_images(slide)
     obs = pd.DataFrame({c: units[c].to_numpy() for c in OBS_COLUMNS if c in units})
     if "shape" in obs:
         obs["shape"] = obs["shape"].astype(str)
@@ -139,9 +127,7 @@ def spots_anndata(
     shapes = set(obs["shape"]) if "shape" in obs else {"circle"}
     adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(names)))
     adata.obsm["spatial"] = units[["x_px", "y_px"]].to_numpy(np.float64)
-    adata.uns["spatial"] = {
-        str(sample_id): spatial_uns(images, spot_diameter_px=diameter_px, source_image=source)
-    }
+    adata.uns["spatial"] = {str(sample_id): spatial_uns(images, spot_diameter_px=diameter_px)}
     adata.uns["bitro"] = bitro_uns(
         sample_id=sample_id,
         space=space,
@@ -165,9 +151,27 @@ def write_spots(
     prediction: np.ndarray,
     genes: Sequence[str],
     units: pd.DataFrame,
-    **options: Any,
+    *,
+    sample_id: str,
+    slide: VisiumImages | Slide | str | os.PathLike[str],
+    mpp: float,
+    space: str,
+    trained_level: str,
+    model: Mapping[str, Any] | None = None,
+    n_cells: np.ndarray | None = None,
 ) -> ad.AnnData:
-    """Write ``spots.h5ad`` (:func:`spots_anndata` with the same arguments) atomically; returns it."""
-    adata = spots_anndata(prediction, genes, units, **options)
+    """Write ``spots.h5ad`` atomically and return it; the arguments are those of :func:`spots_anndata`."""
+    adata = spots_anndata(
+        prediction,
+        genes,
+        units,
+        sample_id=sample_id,
+        slide=slide,
+        mpp=mpp,
+        space=space,
+        trained_level=trained_level,
+        model=model,
+        n_cells=n_cells,
+    )
     write_h5ad(adata, path)
     return adata
