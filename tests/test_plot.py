@@ -386,6 +386,80 @@ def test_training_curves_mark_each_folds_best_epoch(cohorts: dict[str, Path], tm
     assert best == dict.fromkeys(folds, 10 * BEST_EPOCH)
 
 
+# ------------------------------------------------------------------------------------- over the H&E
+
+
+def _pink(path: Path) -> float:
+    """Fraction of light pink (eosin-like) pixels of a PNG: none in viridis, in grey or in white."""
+    with Image.open(path) as image:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return float(((rgb[..., 0] > 150) & (rgb[..., 2] > 110) & (rgb[..., 0] - rgb[..., 1] > 30)).mean())
+
+
+def _he_slides(folder: Path, samples: list[str], write_slide: Callable[..., Path], rgb: Callable) -> Path:
+    """A HEST-layout root with an H&E slide (1000 × 1000 px, covering every unit) per sample."""
+    (folder / "wsis").mkdir(parents=True, exist_ok=True)
+    for k, sample in enumerate(samples):
+        write_slide(folder / "wsis" / f"{sample}.tif", rgb(1000, 1000, seed=k), mpp=1.0, downsamples=(1, 4))
+    return folder
+
+
+def test_draw_map_puts_the_he_beneath_the_discs(
+    tmp_path: Path, write_slide: Callable[..., Path], rgb_image: Callable
+) -> None:
+    from bitro.io.thumbnails import slide_image
+    from bitro.plot._figure import new_figure
+    from bitro.plot.maps import OVER_IMAGE_ALPHA, colour_norm, draw_map
+
+    path = write_slide(tmp_path / "he.tif", rgb_image(800, 1000), mpp=0.5)
+    image = slide_image(path, max_size=250)
+    assert image.pixels.shape == (200, 250, 3) and image.scale == pytest.approx(0.25)
+    xy = np.array([[100.0, 100.0], [300.0, 100.0], [200.0, 300.0]])
+    ax = new_figure(3, 3).subplots()
+    draw_map(ax, xy, np.array([1.0, 2.0, np.nan]), norm=colour_norm(np.arange(3.0)), diameter=50, image=image)
+    (drawn,) = ax.images
+    assert drawn.get_extent() == pytest.approx([0.0, 1000.0, 800.0, 0.0])
+    (discs,) = ax.collections
+    assert drawn.get_zorder() < discs.get_zorder() and discs.get_alpha() == OVER_IMAGE_ALPHA
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # y down, as in the image
+
+
+def test_spot_maps_draw_each_test_sample_over_its_he(
+    cohorts: dict[str, Path],
+    tmp_path: Path,
+    write_slide: Callable[..., Path],
+    rgb_image: Callable,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    folder = cohorts["st"] / "fold0"
+    samples = list(dict.fromkeys(ad.read_h5ad(folder / "predictions.h5ad").obs["sample_id"].astype(str)))
+    root = _he_slides(tmp_path / "hest", samples, write_slide, rgb_image)
+    slides = {s: root / "wsis" / f"{s}.tif" for s in samples}
+    blank = plot_spatial(folder / "predictions.h5ad", tmp_path / "blank.png", top_n=2, dpi=60)
+    over = plot_spatial(folder / "predictions.h5ad", tmp_path / "he.png", top_n=2, dpi=60, slides=slides)
+    assert [p.gene for p in over.panels] == [p.gene for p in blank.panels]  # same genes, same scales
+    assert _pink(tmp_path / "blank.png") < 0.002 and _pink(tmp_path / "he.png") > 0.02
+    # A sample whose slide is missing is drawn on a blank background, and said so.
+    missing = {samples[0]: slides[samples[0]], samples[1]: tmp_path / "nowhere.tif"}
+    plot_spatial(folder / "predictions.h5ad", tmp_path / "some.png", top_n=2, dpi=60, slides=missing)
+    assert f"{samples[1]}:" in caplog.text and "without the H&E" in caplog.text
+    check_png(tmp_path / "some.png")
+
+
+def test_bitro_plot_draws_spot_maps_over_the_slides_of_the_cohorts_layout(
+    cohorts: dict[str, Path], tmp_path: Path, write_slide: Callable[..., Path], rgb_image: Callable
+) -> None:
+    folder = cohorts["st"] / "fold1"
+    samples = list(dict.fromkeys(ad.read_h5ad(folder / "predictions.h5ad").obs["sample_id"].astype(str)))
+    root = _he_slides(tmp_path / "hest", samples, write_slide, rgb_image)
+    out = tmp_path / "figures"
+    argv = ["plot", "--cohort-dir", str(cohorts["st"]), "--out-dir", str(out), "--folds", "fold1"]
+    assert main([*argv, "--format", "hest", "--root", str(root), "--dpi", "60", "--top-genes", "2"]) == 0
+    names = figure_names("st", ["fold1"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(names.values())
+    assert _pink(out / names["spatial_fold1"]) > 0.02
+
+
 # ---------------------------------------------------------------------------------------- the verb
 
 

@@ -76,6 +76,8 @@ for plot_cohort in COHORTS:
             cohort_dir=layout.cohort_dir(plot_cohort),
             out_dir=layout.figures_dir(plot_cohort),
             folds=" ".join(fold_names(plot_cohort)),
+            # the slides, for spot maps drawn over the H&E (read by the preprocessing, so already there)
+            slides=f"--format {COHORTS[plot_cohort]['format']} --root {shlex.quote(str(COHORTS[plot_cohort]['root']))}",
         shell:
             "bitro plot --cohort-dir {params.cohort_dir} --out-dir {params.out_dir} --cohort {params.cohort} "
-            "--level {params.level} --folds {params.folds} --threads {threads} > {log} 2>&1"
+            "--level {params.level} --folds {params.folds} {params.slides} --threads {threads} > {log} 2>&1"

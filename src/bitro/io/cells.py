@@ -365,6 +365,12 @@ def cells_frame(gdf: gpd.GeoDataFrame, *, mpp: float, source: str) -> pd.DataFra
     )
 
 
+def _json_number(value: np.floating) -> float:
+    """``value`` as a float that JSON writes in the shortest form that reads back as the same ``value``
+    (a float32 as ``7.9110036``, not ``7.911003589630127``)."""
+    return float(str(value)) if isinstance(value, np.float32) else float(value)
+
+
 def _json_scalar(value: Any) -> Any:
     """Return ``value`` as a plain JSON scalar (numpy scalars unwrapped)."""
     if isinstance(value, np.generic):
@@ -380,26 +386,47 @@ def _color(name: str) -> list[int]:
     return [(seed * 67) % 256, (seed * 151) % 256, (seed * 211) % 256]
 
 
-def _feature(geom: Any, cls: Any, cell_id: Any) -> dict[str, Any]:
-    """Return one QuPath detection Feature."""
-    properties: dict[str, Any] = {"objectType": "detection"}
+def _feature(
+    geom: Any,
+    cls: Any,
+    cell_id: Any,
+    *,
+    object_type: str = "detection",
+    measurements: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Return one QuPath Feature (``objectType`` ``detection`` or ``cell``), with its measurements."""
+    properties: dict[str, Any] = {"objectType": object_type}
     if cls is not None and not pd.isna(cls):
         properties["classification"] = {"name": str(cls), "color": _color(str(cls))}
     if cell_id is not None:
         properties["cell_id"] = _json_scalar(cell_id)
+    if measurements:
+        properties["measurements"] = measurements
     return {"type": "Feature", "geometry": mapping(geom), "properties": properties}
 
 
-def write_cells_geojson(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write cells as a GeoJSON FeatureCollection that QuPath imports as detections.
+def write_cells_geojson(
+    df: pd.DataFrame,
+    path: str | Path,
+    *,
+    object_type: str = "detection",
+    measurements: pd.DataFrame | None = None,
+) -> Path:
+    """Write cells as a GeoJSON FeatureCollection that QuPath imports as detections (or cells).
 
     Parameters
     ----------
     df
-        Cells with a ``geometry`` column of shapely polygons (level-0 pixels), and optional ``class``
+        Cells with a ``geometry`` column of shapely geometries (level-0 pixels), and optional ``class``
         and ``cell_id`` columns (e.g. from ``cells_frame`` or ``read_cell_segmentation``).
     path
         Output file; written to a temporary file in the same directory, then renamed.
+    object_type
+        QuPath's ``objectType`` of every feature: ``"detection"`` or ``"cell"``.
+    measurements
+        Numeric columns, one row per row of ``df``, written as each feature's ``measurements``: a JSON
+        object of name → value, the form QuPath 0.4 and later write and read. Missing (NaN) values are
+        left out of a feature's measurements; float32 columns are written in their shortest form.
 
     Returns
     -------
@@ -407,15 +434,29 @@ def write_cells_geojson(df: pd.DataFrame, path: str | Path) -> Path:
         ``path``.
     """
     path = Path(path)
+    if object_type not in ("detection", "cell"):
+        raise ValueError(f"object_type must be 'detection' or 'cell', got {object_type!r}")
+    if measurements is not None and len(measurements) != len(df):
+        raise ValueError(f"{len(measurements)} rows of measurements for {len(df)} cells")
     geoms = df["geometry"].to_numpy()
     classes = df["class"].to_numpy() if "class" in df.columns else [None] * len(df)
     ids = df["cell_id"].to_numpy() if "cell_id" in df.columns else [None] * len(df)
+    names = [] if measurements is None else [str(c) for c in measurements.columns]
+    values = np.zeros((len(df), 0)) if measurements is None else measurements.to_numpy()
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
     features = [
-        _feature(geom, cls, cell_id)
-        for geom, cls, cell_id in zip(geoms, classes, ids, strict=True)
+        _feature(
+            geom,
+            cls,
+            cell_id,
+            object_type=object_type,
+            measurements={n: _json_number(v) for n, v in zip(names, row, strict=True) if np.isfinite(v)},
+        )
+        for geom, cls, cell_id, row in zip(geoms, classes, ids, values, strict=True)
         if geom is not None and not shapely.is_empty(geom)
     ]
     collection = {"type": "FeatureCollection", "features": features}
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(collection), encoding="utf-8")
+        tmp.write_text(json.dumps(collection, allow_nan=False), encoding="utf-8")
     return path

@@ -29,7 +29,7 @@ from bitro.plot.baselines import plot_baselines, read_table
 from bitro.plot.cells import plot_cells
 from bitro.plot.genes import GeneScore, log1p_pcc, rank_genes
 from bitro.plot.pcc import pcc_table, plot_pcc_distribution, write_pcc_table
-from bitro.plot.spatial import dense, plot_spatial
+from bitro.plot.spatial import SlideLookup, dense, plot_spatial
 from bitro.plot.training import plot_training
 
 log = logging.getLogger("bitro")
@@ -124,12 +124,14 @@ def plot_cohort(
     top_n: int = 4,
     dpi: int = DPI,
     cohort: str | None = None,
+    slides: SlideLookup | None = None,
 ) -> dict[str, Path]:
     """Write the cohort's figures and tables (module docstring) into ``out_dir`` (default
     ``{cohort_dir}/figures``); returns key → path, the keys of :func:`figure_names`.
 
     Reads ``{cohort_dir}/metrics.tsv``, ``baselines.tsv`` (optional), ``folds.json`` and each fold's
-    ``predictions.h5ad``, ``cells_pred.h5ad`` and ``train_log.csv``.
+    ``predictions.h5ad``, ``cells_pred.h5ad`` and ``train_log.csv``; with ``slides`` (sample id → slide
+    path, or a function of the id), the spot maps are drawn over each test sample's H&E.
     """
     cohort_dir = Path(cohort_dir)
     out = Path(out_dir) if out_dir is not None else figures_dir(cohort_dir.name, cohort_dir.parent)
@@ -145,7 +147,8 @@ def plot_cohort(
         cells = ad.read_h5ad(require_file(folder / "cells_pred.h5ad", f"{fold} pseudo-cells"))
         if f"spatial_{fold}" in names:
             path = out / names[f"spatial_{fold}"]
-            plot_spatial(predictions, path, top_n=top_n, dpi=dpi, title=f"{name} {fold}: spots, test samples")
+            heading = f"{name} {fold}: spots, test samples"
+            plot_spatial(predictions, path, top_n=top_n, dpi=dpi, title=heading, slides=slides)
             written[f"spatial_{fold}"] = path
         if f"cells_{fold}" in names:
             path = out / names[f"cells_{fold}"]

@@ -3,6 +3,8 @@
 Every map draws discs in slide units (level-0 pixels, y down as in the image) whose diameter is the
 median nearest-neighbour spacing, so spots and patches tile like the paper's Fig. 3 and 4 whatever the
 figure size. Measured and predicted maps of a gene share one colour scale (minimum to 99th percentile).
+Where the slide's H&E is given, the discs are drawn over it (slightly transparent), as in the paper's
+Fig. 3; otherwise on a blank background.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from matplotlib.axes import Axes
 from matplotlib.collections import EllipseCollection
 from matplotlib.colors import Normalize
 
+from bitro.io.thumbnails import SlideImage
 from bitro.plot._figure import DPI, new_figure, save_png, unit_diameter
 from bitro.plot.genes import GeneScore
 
 CMAP = "viridis"
 PANEL_INCHES = 2.4
+#: Opacity of the discs drawn over an H&E image (the tissue shows through a little).
+OVER_IMAGE_ALPHA = 0.85
 
 
 @dataclass
@@ -30,6 +35,7 @@ class SampleMaps:
     """What to draw for one sample: positions, the chosen genes and their log1p values (rows = points).
 
     ``truth`` is None for predicted-only maps (bulk pseudo-cells, which have no measured counterpart).
+    ``image`` is the sample's H&E, drawn beneath its maps when given.
     """
 
     sample_id: str
@@ -37,6 +43,7 @@ class SampleMaps:
     genes: list[GeneScore]
     prediction: np.ndarray
     truth: np.ndarray | None = None
+    image: SlideImage | None = None
 
 
 @dataclass(frozen=True)
@@ -70,10 +77,26 @@ def colour_norm(*values: np.ndarray) -> Normalize:
     return Normalize(low, high, clip=True)
 
 
-def draw_map(ax: Axes, xy: np.ndarray, values: np.ndarray, *, norm: Normalize, diameter: float) -> None:
-    """Draw one disc of ``diameter`` (slide units) per point, coloured by ``values``; NaN points are grey."""
+def draw_map(
+    ax: Axes,
+    xy: np.ndarray,
+    values: np.ndarray,
+    *,
+    norm: Normalize,
+    diameter: float,
+    image: SlideImage | None = None,
+    alpha: float | None = None,
+) -> None:
+    """Draw one disc of ``diameter`` (slide units) per point, coloured by ``values``; NaN points are grey.
+
+    With ``image``, the slide's H&E is drawn beneath the discs (placed in level-0 pixels by its scale),
+    and the discs are drawn with opacity ``alpha`` (default :data:`OVER_IMAGE_ALPHA`; 1 without image).
+    """
     xy = np.asarray(xy, dtype=np.float64)
     values = np.ma.masked_invalid(np.asarray(values, dtype=np.float64))
+    if image is not None:
+        ax.imshow(image.pixels, extent=image.extent, interpolation="antialiased", zorder=0)
+        alpha = OVER_IMAGE_ALPHA if alpha is None else alpha
     discs = EllipseCollection(
         np.full(len(xy), diameter),
         np.full(len(xy), diameter),
@@ -84,6 +107,8 @@ def draw_map(ax: Axes, xy: np.ndarray, values: np.ndarray, *, norm: Normalize, d
         cmap=colormaps[CMAP].with_extremes(bad="lightgrey"),
         norm=norm,
         linewidths=0,
+        alpha=1.0 if alpha is None else alpha,
+        zorder=1,
     )
     discs.set_array(values)
     ax.add_collection(discs, autolim=False)
@@ -172,13 +197,15 @@ def write_map_figure(
                 )
                 pair = [at(k, rank, 0), at(k, rank, 1)]
                 for ax, values, text in zip(pair, (measured, predicted), titles, strict=True):
-                    draw_map(ax, sample.xy, values, norm=norm, diameter=diameter)
+                    draw_map(ax, sample.xy, values, norm=norm, diameter=diameter, image=sample.image)
                     ax.set_title(text, fontsize=8)
                 figure.colorbar(pair[1].collections[0], ax=pair, **bar)
             else:
                 titles = (f"{sample.sample_id}\n{gene.gene}: predicted {what}\n{score}{gene.label}",)
                 ax = at(k, rank, 0)
-                draw_map(ax, sample.xy, predicted, norm=gene_norms[rank], diameter=diameter)
+                draw_map(
+                    ax, sample.xy, predicted, norm=gene_norms[rank], diameter=diameter, image=sample.image
+                )
                 ax.set_title(titles[0], fontsize=8)
                 if k == len(samples) - 1:
                     group = [at(i, rank, 0) for i in range(len(samples))]

@@ -1,0 +1,44 @@
+"""What a prediction of one slide writes, under ``results/{cohort}/predictions/{sample}/`` (issue 16).
+
+One module per output, each a function that takes arrays and tables and writes one file atomically:
+
+- :mod:`bitro.predict.spots`: ``spots.h5ad``, units × genes laid out as scanpy and squidpy read Visium
+  (``obsm["spatial"]``, ``uns["spatial"][sample]`` with the H&E and its scale factors);
+- :mod:`bitro.predict.cells`: ``cells.h5ad``, pseudo-cell profiles (paper eq. 10) at the cells' centroids;
+- :mod:`bitro.predict.bulk`: ``bulk.tsv``, one profile per slide (a bulk model's prediction, or the
+  pseudo-bulk of a spot model's units);
+- :mod:`bitro.predict.qupath`: ``cells.geojson``, cells with their predicted genes as QuPath measurements;
+- :mod:`bitro.predict.heatmaps`: one PNG per chosen gene, drawn over the slide's H&E;
+- :mod:`bitro.predict.slide`: all of the above for one slide, its H&E read once.
+
+Every h5ad records in ``uns["bitro"]`` its values' space (``counts`` or ``tpm``), the level the model
+was trained on (``spot`` or ``bulk``), what its rows are, and a description of the model it came from.
+"""
+
+from __future__ import annotations
+
+from bitro.predict.bulk import bulk_table, read_bulk_table, slide_profile, write_bulk_table
+from bitro.predict.cells import cells_anndata, write_cells
+from bitro.predict.heatmaps import heatmap_name, write_heatmaps
+from bitro.predict.qupath import write_cells_qupath
+from bitro.predict.slide import PredictionFile, SlideOutputs, unit_amounts, write_slide_outputs
+from bitro.predict.spots import spots_anndata, write_h5ad, write_spots
+
+__all__ = [
+    "PredictionFile",
+    "SlideOutputs",
+    "bulk_table",
+    "cells_anndata",
+    "heatmap_name",
+    "read_bulk_table",
+    "slide_profile",
+    "spots_anndata",
+    "unit_amounts",
+    "write_bulk_table",
+    "write_cells",
+    "write_cells_qupath",
+    "write_h5ad",
+    "write_heatmaps",
+    "write_slide_outputs",
+    "write_spots",
+]
