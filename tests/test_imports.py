@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("train",),  # the one training pipeline, saved models, transfer policy
     ("evaluate",),  # predicting test samples, baselines, summaries
     ("plot", "doctor", "demo"),  # figures, input checks, the synthetic demo
+    ("predict",),  # the per-slide prediction files (maps drawn with plot)
     ("accuracy",),  # the accuracy benchmark
     ("commands",),  # the verbs
     ("cli",),  # the parser
