@@ -29,6 +29,9 @@ CURVE_PAIRS = (
     ("bitro", "training_mean"),
     ("bitro", "hest_probe"),
     ("bitro", "mlp"),
+    ("bitro_norm", "training_mean"),
+    ("bitro_norm", "hest_probe"),
+    ("bitro_norm", "mlp"),
     ("bitro_context", "bitro"),
 )
 

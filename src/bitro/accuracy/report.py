@@ -43,8 +43,14 @@ PAIRS = (
     ("bitro", "paper_readout"),
     ("bitro", "training_mean"),
     ("bitro_context", "bitro"),
-    ("bitro_context", "mlp"),
     ("bitro_context", "training_mean"),
+    ("bitro_norm", "training_mean"),
+    ("bitro_norm", "hest_probe"),
+    ("bitro_norm", "mlp"),
+    ("bitro_norm", "mlp_count"),
+    ("bitro_norm", "bitro"),
+    ("bitro_norm_context", "bitro_norm"),
+    ("bitro_norm_context", "training_mean"),
 )
 
 

@@ -47,6 +47,9 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "mean_pool": {"model": {"pooling": "mean"}},
     # Slide-level context (paper §3.3 for bulk): a Transformer over each bag's patch tokens.
     "bitro_context": {"model": {"slide_context": "patch_tokens"}},
+    # The pooled representations standardised by running moments before the readout (bulk's fix).
+    "bitro_norm": {"model": {"pooled_norm": True}},
+    "bitro_norm_context": {"model": {"pooled_norm": True, "slide_context": "patch_tokens"}},
     "no_cluster": {"training": {"lambda_cluster": 0.0}},
     "no_zscore": {"zscore": False},
     "permutation_null": {"permute": True},

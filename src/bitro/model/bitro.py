@@ -55,6 +55,10 @@ class BiTroConfig:
     density_input
         The readout also sees the bag's log cells per unit (:class:`bitro.model.mil.GeneQueryMIL`); on by
         default, off in eq. 9.
+    pooled_norm
+        Standardise each bag's pooled representations and log density by running statistics over
+        the training bags before the readout (:meth:`bitro.model.mil.GeneQueryMIL.standardise`); off by
+        default.
     slide_context
         ``"none"`` (the default: cells see only their own unit) or ``"patch_tokens"``: a Transformer
         over the bag's patch tokens whose output is added to every cell of the patch before the MIL, the
@@ -80,6 +84,7 @@ class BiTroConfig:
     pooling: Pooling = "gene_query"
     readout: ReadoutKind = "per_gene"
     density_input: bool = True
+    pooled_norm: bool = False
     slide_context: SlideContext = "none"
     context_layers: int = 1
 
@@ -159,7 +164,9 @@ class BiTro(nn.Module):
             c.position_range_um,
             c.position_dim,
         )
-        self.mil = GeneQueryMIL(c.n_genes, c.dim, c.output, c.pooling, c.readout, c.density_input)
+        self.mil = GeneQueryMIL(
+            c.n_genes, c.dim, c.output, c.pooling, c.readout, c.density_input, c.pooled_norm
+        )
         # Built last, so every other block draws the same initial weights with and without it.
         self.context = (
             PatchContext(c.dim, c.context_layers, c.transformer_heads, c.ff_mult, c.dropout)
