@@ -379,13 +379,14 @@ def synthetic_bulk_sample(cells: int, genes: int, seed: int = 0, cells_per_unit:
     )
 
 
-def _bulk_model(genes: int, device: str) -> Any:
+def _bulk_model(genes: int, device: str, slide_context: str = "none") -> Any:
     import torch
 
     from bitro.model.bitro import BiTro, BiTroConfig
 
     torch.manual_seed(0)
-    return BiTro(BiTroConfig(n_genes=genes, in_dim=128)).eval().to(device)
+    config = BiTroConfig(n_genes=genes, in_dim=128, slide_context=slide_context)  # type: ignore[arg-type]
+    return BiTro(config).eval().to(device)
 
 
 def child_bulk(spec: dict[str, Any]) -> dict[str, Any]:
@@ -415,7 +416,8 @@ def child_bulk(spec: dict[str, Any]) -> dict[str, Any]:
         "edges": int(sample.graph.edges.shape[1]),
         "genes": spec["genes"],
     }
-    model = _bulk_model(spec["genes"], device)
+    model = _bulk_model(spec["genes"], device, spec.get("slide_context", "none"))
+    out["slide_context"] = spec.get("slide_context", "none")
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with sampler.phase(out, "predict"):
@@ -454,7 +456,7 @@ def child_full(spec: dict[str, Any]) -> dict[str, Any]:
     sample = synthetic_bulk_sample(spec["cells"], spec["genes"])
     (bag,) = make_bags(sample, 0)
     out["cells"] = int(sample.features.shape[0])
-    model = _bulk_model(spec["genes"], device)
+    model = _bulk_model(spec["genes"], device, spec.get("slide_context", "none"))
     piece, _ = model_bag(bag, [sample])
     batch = CellBatch.collate([piece]).to(device)
     if device.startswith("cuda"):
@@ -654,6 +656,12 @@ def main() -> None:
         default=0,
         help="cells per streamed chunk (0: bitro.folds.bags.STREAM_CELLS)",
     )
+    parser.add_argument(
+        "--slide-context",
+        default="none",
+        choices=("none", "patch_tokens"),
+        help="bulk: the model's slide_context (BiTroConfig)",
+    )
     parser.add_argument("--parts", default="train,bulk")
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads in each child (0: torch's default)"
@@ -700,7 +708,12 @@ def main() -> None:
             print("\n" + train_notes(runs) + "\n", flush=True)
     if "bulk" in parts:
         cells = args.bulk_cells or (1_000_000 if (gpu or not args.quick) else 200_000)
-        spec = {"device": args.device, "genes": args.bulk_genes, "threads": args.threads}
+        spec = {
+            "device": args.device,
+            "genes": args.bulk_genes,
+            "threads": args.threads,
+            "slide_context": args.slide_context,
+        }
         stream = run_child(
             spec
             | {"part": "bulk", "cells": cells, "pseudo": not args.no_pseudo, "chunk_cells": args.chunk_cells}

@@ -14,7 +14,7 @@ import yaml
 from bitro import options
 from bitro.cli import build_parser
 from bitro.errors import TileSettingsError, UsageError
-from bitro.model import mil
+from bitro.model import context, mil
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,7 @@ def test_the_config_schema_offers_exactly_the_library_choices() -> None:
     assert enum(document, "demo", "preset") == options.DEMO_PRESETS
     assert enum(document, "model", "readout") == get_args(mil.ReadoutKind)
     assert enum(document, "model", "pooling") == get_args(mil.Pooling)
+    assert enum(document, "model", "slide_context") == get_args(context.SlideContext)
     assert set(options.FITTED_STAIN_METHODS) == set(options.STAIN_METHODS) - {"none"}
     assert document["properties"]["stain"]["properties"]["method"]["default"] == options.DEFAULT_STAIN_METHOD
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())

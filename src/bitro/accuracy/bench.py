@@ -19,9 +19,9 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from bitro.accuracy.runs import (
     run_bitro,
     save_run,
 )
+from bitro.errors import ConfigError
 
 log = logging.getLogger("bitro")
 
@@ -126,10 +127,34 @@ def bitro_settings(config: dict[str, Any], level: str, lr: float, dropout: float
     }
 
 
+def tuning_grid(config: dict[str, Any], level: str) -> dict[str, Any]:
+    """The tuning grid of ``level``: ``tuning`` with the cohort's ``tuning.grid_of[level]`` over it (a
+    smaller grid for a cohort whose runs are long; BiTro and the MLP always share it)."""
+    grid = {k: v for k, v in config["tuning"].items() if k != "grid_of"}
+    return grid | dict(config["tuning"].get("grid_of", {}).get(level, {}))
+
+
+def restrict(config: dict[str, Any], levels: Sequence[str]) -> dict[str, Any]:
+    """``config`` with only the cohorts ``levels`` (their tuning, models and learning curve).
+
+    Raises :class:`~bitro.errors.ConfigError` for a level the config does not define.
+    """
+    unknown = sorted(set(levels) - set(config["cohorts"]))
+    if unknown:
+        raise ConfigError("cohorts", f"{unknown} not among the config's cohorts {sorted(config['cohorts'])}")
+    out = dict(config)
+    out["cohorts"] = {k: v for k, v in config["cohorts"].items() if k in levels}
+    out["models"] = {k: v for k, v in config["models"].items() if k in levels}
+    out["tuning"] = dict(config["tuning"]) | {
+        "cohorts": [c for c in config["tuning"].get("cohorts", ["st"]) if c in levels]
+    }
+    return out
+
+
 def tune(config: dict[str, Any], spec: CohortSpec, out: Path, workers: int) -> dict[str, dict[str, float]]:
     """The grid for BiTro and the MLP on the tuning fold of ``spec``'s cohort; the setting of lowest
     validation MSE of each (``out/tuning.json`` keeps every cohort's grid and choice)."""
-    grid = config["tuning"]
+    grid = tuning_grid(config, spec.level)
     fold, seed = int(grid.get("fold", 0)), int(grid.get("seed", 0))
     prefix = "" if spec.level == "st" else f"{spec.level}_"
     jobs = []
@@ -177,7 +202,7 @@ def benchmark_jobs(
     for level, options in config["cohorts"].items():
         spec = cohort_spec(level, options, int(config.get("seed", 0)))
         n_folds = len(folds(spec))
-        chosen = chosen_by_level.get(level, chosen_by_level["st"])
+        chosen = chosen_by_level[level] if level in chosen_by_level else chosen_by_level["st"]
         bitro = bitro_settings(config, level, chosen["bitro"]["lr"], chosen["bitro"]["dropout"])
         mlp = dict(config.get("mlp", {})) | {"lr": chosen["mlp"]["lr"], "dropout": chosen["mlp"]["dropout"]}
         fewer = config.get("seeds_of" if level == "st" else f"seeds_of_{level}", {})
@@ -198,6 +223,39 @@ def benchmark_jobs(
     listed = dict.fromkeys(m for models in config["models"].values() for m in models)
     order = {model: i for i, model in enumerate(listed)}
     return sorted(jobs, key=lambda job: order[job.model])
+
+
+def curve_jobs(
+    config: dict[str, Any], out: Path, chosen_by_level: dict[str, dict[str, dict[str, float]]]
+) -> dict[int, list[Job]]:
+    """The learning curve's runs (config ``learning_curve``), by number of patients N: the curve's models
+    on folds whose training is cut to N patients' worth (:func:`bitro.accuracy.runs.subsample_fold`),
+    with the cohort's tuned settings. At the cohort's full size a point is the benchmark's own runs
+    (the same paths, so they run once). Empty when the config has no curve or its cohort is not run.
+    """
+    curve = config.get("learning_curve")
+    if not curve or curve["cohort"] not in config["cohorts"]:
+        return {}
+    level = curve["cohort"]
+    full = cohort_spec(level, config["cohorts"][level], int(config.get("seed", 0)))
+    chosen = chosen_by_level[level] if level in chosen_by_level else chosen_by_level["st"]
+    bitro = bitro_settings(config, level, chosen["bitro"]["lr"], chosen["bitro"]["dropout"])
+    mlp = dict(config.get("mlp", {})) | {"lr": chosen["mlp"]["lr"], "dropout": chosen["mlp"]["dropout"]}
+    seeds = [int(s) for s in config["seeds"]]
+    fewer = curve.get("seeds_of", {})
+    points: dict[int, list[Job]] = {}
+    for n in sorted(int(n) for n in curve["patients"]):
+        at_full = n >= full.n_patients
+        spec = full if at_full else replace(full, train_patients=n)
+        folder = out / "runs" / (level if at_full else f"{level}_n{n}")
+        jobs = []
+        for model in curve["models"]:
+            model_seeds = seeds[:1] if model in DETERMINISTIC else seeds[: int(fewer.get(model, len(seeds)))]
+            settings = bitro if model in VARIANTS else mlp if model in MLP_MODELS else {}
+            for fold, seed in product(range(full.n_folds), model_seeds):
+                jobs.append(Job(spec, fold, model, seed, settings, folder / f"{model}_fold{fold}_s{seed}"))
+        points[n] = jobs
+    return points
 
 
 def run_benchmark(
@@ -225,6 +283,9 @@ def run_benchmark(
             chosen[level] = tune(config, spec, out, workers)
             log.info("%s tuned on validation: %s", level, json.dumps(chosen[level]))
     jobs = benchmark_jobs(config, out, chosen)
+    points = curve_jobs(config, out, chosen)
     if not report_only:
         run_jobs(jobs, workers)
-    return write_report(config, jobs, out, seconds=time.perf_counter() - started)
+        # The largest points first: a curve cut short still has its best-powered end.
+        run_jobs([job for n in sorted(points, reverse=True) for job in points[n]], workers)
+    return write_report(config, jobs, out, seconds=time.perf_counter() - started, curve=points)

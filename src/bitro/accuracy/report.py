@@ -3,7 +3,8 @@
 Written: ``scores.tsv`` (model × seed × effect × space), ``summary.tsv`` (mean ± std over seeds),
 ``paired.tsv`` (differences with bootstrap 95 % intervals), ``diagnostics.tsv`` (per BiTro variant:
 steps, best step, attention entropy, cluster-loss share, gradient norms), ``effects.png`` and
-``report.md`` (the same tables in Markdown, as ``benchmarks/RESULTS.md`` quotes them).
+``report.md`` (the same tables in Markdown, as ``benchmarks/RESULTS.md`` quotes them); with a learning
+curve, :mod:`bitro.accuracy.curve`'s ``curve.tsv``, ``curve_paired.tsv`` and ``curve.png``.
 
 ST: per-gene PCC within each test section, averaged over the cohort's sections (every section is tested
 once, in the fold that holds its patient out), in log1p counts and in log1p counts per 10⁴. Bulk: the
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from bitro.accuracy.curve import curve_figure, curve_markdown, curve_tables
 from bitro.accuracy.runs import VARIANTS, cohort, folds, load_run, truth
 from bitro.accuracy.stats import (
     bootstrap_rows,
@@ -40,6 +42,15 @@ PAIRS = (
     ("bitro", "hest_probe"),
     ("bitro", "paper_readout"),
     ("bitro", "training_mean"),
+    ("bitro_context", "bitro"),
+    ("bitro_context", "training_mean"),
+    ("bitro_norm", "training_mean"),
+    ("bitro_norm", "hest_probe"),
+    ("bitro_norm", "mlp"),
+    ("bitro_norm", "mlp_count"),
+    ("bitro_norm", "bitro"),
+    ("bitro_norm_context", "bitro_norm"),
+    ("bitro_norm_context", "training_mean"),
 )
 
 
@@ -115,8 +126,16 @@ def _markdown(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-def write_report(config: dict[str, Any], jobs: Sequence[Job], out: Path, *, seconds: float) -> dict[str, Any]:
-    """Score every finished run and write the files of the module docstring."""
+def write_report(
+    config: dict[str, Any],
+    jobs: Sequence[Job],
+    out: Path,
+    *,
+    seconds: float,
+    curve: dict[int, list[Job]] | None = None,
+) -> dict[str, Any]:
+    """Score every finished run and write the files of the module docstring; with ``curve`` (points of
+    the learning curve, :func:`bitro.accuracy.bench.curve_jobs`) also :mod:`bitro.accuracy.curve`'s."""
     n_boot = int(config.get("bootstrap", 1000))
     score_rows, paired_rows, diagnostic_rows = [], [], []
     for level in sorted({j.spec.level for j in jobs}):
@@ -232,8 +251,17 @@ def write_report(config: dict[str, Any], jobs: Sequence[Job], out: Path, *, seco
     paired.to_csv(out / "paired.tsv", sep="\t", index=False)
     diagnostics.to_csv(out / "diagnostics.tsv", sep="\t", index=False)
     _figure(summary, out / "effects.png")
-    (out / "report.md").write_text(_report_markdown(config, summary, paired, diagnostics, seconds))
-    return {"summary": summary, "paired": paired, "diagnostics": diagnostics}
+    markdown = _report_markdown(config, summary, paired, diagnostics, seconds)
+    tables = {"summary": summary, "paired": paired, "diagnostics": diagnostics}
+    if curve:
+        curve_table, curve_paired = curve_tables(curve, n_boot)
+        curve_table.to_csv(out / "curve.tsv", sep="\t", index=False)
+        curve_paired.to_csv(out / "curve_paired.tsv", sep="\t", index=False)
+        curve_figure(curve_table, out / "curve.png")
+        markdown += "\n".join(["", *curve_markdown(curve_table, curve_paired)]) + "\n"
+        tables |= {"curve": curve_table, "curve_paired": curve_paired}
+    (out / "report.md").write_text(markdown)
+    return tables
 
 
 def _wide(summary: pd.DataFrame, level: str, metric: str, space: str) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from bitro._atomic import atomic_path
 from bitro.accuracy.data import BenchFold, patient_folds, sample_data
 from bitro.accuracy.stats import pcc_gene_by_sample
 from bitro.demo.virtual import VirtualCohort, VirtualConfig, bulk_cohort, st_cohort
+from bitro.errors import ConfigError
 from bitro.evaluate.baselines import HestProbe, MLPBaseline, OracleComposition, TrainingMean
 from bitro.features.phenotype import fit_phenotypes
 from bitro.folds.bags import Bag, collate, make_bags, predict_bags
@@ -45,6 +46,11 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "no_gat": {"model": {"gat_layers": 0}},
     "no_transformer": {"model": {"transformer_layers": 0}},
     "mean_pool": {"model": {"pooling": "mean"}},
+    # Slide-level context (paper §3.3 for bulk): a Transformer over each bag's patch tokens.
+    "bitro_context": {"model": {"slide_context": "patch_tokens"}},
+    # The pooled representations standardised by running moments before the readout (bulk's fix).
+    "bitro_norm": {"model": {"pooled_norm": True}},
+    "bitro_norm_context": {"model": {"pooled_norm": True, "slide_context": "patch_tokens"}},
     "no_cluster": {"training": {"lambda_cluster": 0.0}},
     "no_zscore": {"zscore": False},
     "permutation_null": {"permute": True},
@@ -67,8 +73,13 @@ class CohortSpec:
     sections_per_patient: int = 1
     seed: int = 0
     generator: dict[str, Any] = field(default_factory=dict)
+    #: A learning-curve point: each fold trains on ``train_patients × (n_folds − 1) / n_folds`` patients
+    #: of its training pool, as a cohort of ``train_patients`` would; test patients never change
+    #: (:func:`folds`). None: the whole pool.
+    train_patients: int | None = None
 
     def key(self) -> str:
+        """The cohort's identity (what is drawn); ``train_patients`` only changes the folds."""
         return json.dumps(
             [self.level, self.n_patients, self.grid, self.sections_per_patient, self.seed, self.generator],
             sort_keys=True,
@@ -102,7 +113,33 @@ def folds(spec: CohortSpec, n_patients: int | None = None) -> list[BenchFold]:
         validation_fraction=spec.validation_fraction,
         seed=spec.seed,
     )
+    if spec.train_patients is not None:
+        out = [subsample_fold(fold, patients, spec, k) for k, fold in enumerate(out)]
     return out
+
+
+def subsample_fold(fold: BenchFold, patients: Sequence[str], spec: CohortSpec, k: int) -> BenchFold:
+    """Fold ``k`` trained on ``round(train_patients × (n_folds − 1) / n_folds)`` patients of its training
+    pool (training and validation patients), split again into training and validation with the spec's
+    fraction; the test patients stay. Subsets are nested: a smaller curve point keeps a prefix of the
+    same seeded order. When the pool is no larger, the fold is returned unchanged.
+    """
+    assert spec.train_patients is not None
+    pool = sorted({patients[i] for i in (*fold.train, *fold.validation)})
+    size = round(spec.train_patients * (spec.n_folds - 1) / spec.n_folds)
+    if size >= len(pool):
+        return fold
+    if size < 2:
+        raise ConfigError("train_patients", f"{spec.train_patients} patients leave a fold with fewer than 2")
+    keep = [str(p) for p in np.random.default_rng([spec.seed, 7, k]).permutation(pool)[:size]]
+    n_validation = max(1, round(spec.validation_fraction * size))
+    validation, train = set(keep[:n_validation]), set(keep[n_validation:])
+    return BenchFold(
+        f"{fold.name}_n{spec.train_patients}",
+        tuple(i for i in (*fold.train, *fold.validation) if patients[i] in train),
+        tuple(i for i in (*fold.train, *fold.validation) if patients[i] in validation),
+        fold.test,
+    )
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The assembled BiTro model and its configuration (paper Fig. 2).
 
 features ─► GAT (eq. 4–5, kNN edges within units) ─► ⊕ x/y position tables ─► Transformer within units
-(eq. 6) ─► gene-query attention over each bag's cells (eq. 7–8) ─► shared readout (eq. 9).
+(eq. 6) ─► [optional slide context over the bag's patch tokens, :mod:`bitro.model.context`] ─► gene-query
+attention over each bag's cells (eq. 7–8) ─► shared readout (eq. 9).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from bitro.model.batch import CellBatch
+from bitro.model.context import PatchContext, SlideContext
 from bitro.model.gat import GATEncoder
 from bitro.model.mil import GeneQueryMIL, OutputActivation, Pooling, ReadoutKind
 from bitro.model.transformer import CellTransformer
@@ -53,6 +55,16 @@ class BiTroConfig:
     density_input
         The readout also sees the bag's log cells per unit (:class:`bitro.model.mil.GeneQueryMIL`); on by
         default, off in eq. 9.
+    pooled_norm
+        Standardise each bag's pooled representations and log density by running statistics over
+        the training bags before the readout (:meth:`bitro.model.mil.GeneQueryMIL.standardise`); off by
+        default.
+    slide_context
+        ``"none"`` (the default: cells see only their own unit) or ``"patch_tokens"``: a Transformer
+        over the bag's patch tokens whose output is added to every cell of the patch before the MIL, the
+        paper's slide-level context for bulk in a form that scales (:mod:`bitro.model.context`).
+    context_layers
+        Depth of the patch-token Transformer (with ``patch_tokens``).
     """
 
     n_genes: int
@@ -72,10 +84,17 @@ class BiTroConfig:
     pooling: Pooling = "gene_query"
     readout: ReadoutKind = "per_gene"
     density_input: bool = True
+    pooled_norm: bool = False
+    slide_context: SlideContext = "none"
+    context_layers: int = 1
 
     def __post_init__(self) -> None:
         if self.output not in ("identity", "softplus"):
             raise ValueError(f"output must be 'identity' or 'softplus', got {self.output!r}")
+        if self.slide_context not in ("none", "patch_tokens"):
+            raise ValueError(f"slide_context must be 'none' or 'patch_tokens', got {self.slide_context!r}")
+        if self.context_layers < 1:
+            raise ValueError(f"context_layers must be at least 1, got {self.context_layers}")
         for name in ("n_genes", "in_dim", "dim", "gat_heads", "transformer_heads", "ff_mult", "position_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -145,7 +164,15 @@ class BiTro(nn.Module):
             c.position_range_um,
             c.position_dim,
         )
-        self.mil = GeneQueryMIL(c.n_genes, c.dim, c.output, c.pooling, c.readout, c.density_input)
+        self.mil = GeneQueryMIL(
+            c.n_genes, c.dim, c.output, c.pooling, c.readout, c.density_input, c.pooled_norm
+        )
+        # Built last, so every other block draws the same initial weights with and without it.
+        self.context = (
+            PatchContext(c.dim, c.context_layers, c.transformer_heads, c.ff_mult, c.dropout)
+            if c.slide_context == "patch_tokens"
+            else None
+        )
 
     def encode(self, batch: CellBatch) -> Tensor:
         """(N, D) cell features H_cell; each cell depends only on the cells of its own unit."""
@@ -155,6 +182,12 @@ class BiTro(nn.Module):
             )
         h = self.gat(batch.features, batch.edge_index)
         return self.transformer(h, batch.offsets_um, batch.unit_ptr)
+
+    def contextualise(self, cells: Tensor, batch: CellBatch) -> Tensor:
+        """``cells`` plus each unit's slide-level context (unchanged when ``slide_context`` is none)."""
+        if self.context is None:
+            return cells
+        return self.context(cells, batch.cell_unit, batch.unit_bag, batch.n_units, batch.n_bags)
 
     def forward(self, batch: CellBatch) -> BiTroOutput:
         """Predict every bag of ``batch``.
@@ -168,7 +201,7 @@ class BiTro(nn.Module):
         empty = [b for b, n in enumerate(bag_sizes) if n == 0]
         if empty:
             raise ValueError(f"bag(s) {empty} have no cells; a bag needs at least one cell")
-        cells = self.encode(batch)
+        cells = self.contextualise(self.encode(batch), batch)
         # Cells per unit that holds cells (chunks of a streamed slide may drop empty units).
         filled = torch.zeros(batch.n_bags, dtype=cells.dtype, device=cells.device)
         filled.index_add_(0, batch.unit_bag, (batch.unit_sizes > 0).to(cells.dtype))

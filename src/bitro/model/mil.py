@@ -115,6 +115,9 @@ class GeneQueryMIL(nn.Module):
         ``gene_query`` (eq. 7–9) or the ``mean`` ablation (:data:`Pooling`).
     readout
         ``shared`` (eq. 9) or ``per_gene`` output weights (:data:`ReadoutKind`).
+    pooled_norm
+        Standardise the pooled representations (and the log density) by running statistics over the
+        training bags before the readout (:meth:`standardise`).
     density_input
         Add ``log(cells per unit)`` of the bag, times a learned vector, to every pooled representation:
         softmax pooling is a weighted *average*, blind to how many cells a spot holds, while measured
@@ -129,6 +132,7 @@ class GeneQueryMIL(nn.Module):
         pooling: Pooling = "gene_query",
         readout: ReadoutKind = "shared",
         density_input: bool = False,
+        pooled_norm: bool = False,
     ) -> None:
         super().__init__()
         if n_genes < 1:
@@ -145,6 +149,48 @@ class GeneQueryMIL(nn.Module):
         self.queries = nn.Parameter(torch.randn(n_genes, dim) / math.sqrt(dim))
         self.readout = Readout(dim, output, n_genes if readout == "per_gene" else None)
         self.density = nn.Parameter(torch.zeros(dim)) if density_input else None
+        self.pooled_norm = pooled_norm
+        if pooled_norm:  # running first and second moments per dimension; the last entry: log density
+            self.register_buffer("running_mean", torch.zeros(dim + 1))
+            self.register_buffer("running_square", torch.ones(dim + 1))
+
+    #: Weight of each training batch in the running moments of :meth:`standardise`.
+    MOMENTUM = 0.05
+
+    def standardise(self, z: Tensor, log_density: Tensor) -> tuple[Tensor, Tensor]:
+        """``pooled_norm``: (..., G, D) pooled representations and (...,) log densities minus their running
+        mean over training bags, divided by the running standard deviation (per dimension).
+
+        A bulk slide pools thousands of cells, so its mean cell differs from another slide's by a small
+        fraction of their common part; the readout's LayerNorm works within one vector and leaves that
+        common part in. Without this step every bulk model of the accuracy benchmark switched its
+        readout off and predicted the training mean (docs/accuracy.md). The moments are updated in
+        training mode only (exponential average, :attr:`MOMENTUM`) and used in both modes, so a batch
+        of one slide is standardised by the cohort's spread, not by its own.
+        """
+        if z.shape[:-2] != log_density.shape:
+            raise ValueError(
+                f"log_density must have shape {tuple(z.shape[:-2])}, got {tuple(log_density.shape)}"
+            )
+        if self.training:
+            with torch.no_grad():
+                genes = z.shape[-2]
+                values = torch.cat(
+                    [
+                        z.detach().reshape(-1, z.shape[-1]).float(),
+                        log_density.detach()
+                        .float()[..., None]
+                        .expand(*log_density.shape, genes)
+                        .reshape(-1, 1),
+                    ],
+                    dim=1,
+                )
+                self.running_mean.lerp_(values.mean(0), self.MOMENTUM)
+                self.running_square.lerp_(values.pow(2).mean(0), self.MOMENTUM)
+        scale = (self.running_square - self.running_mean.pow(2)).clamp_min(1e-6).rsqrt()
+        z = (z - self.running_mean[:-1].to(z.dtype)) * scale[:-1].to(z.dtype)
+        log_density = (log_density - self.running_mean[-1].to(z.dtype)) * scale[-1].to(z.dtype)
+        return z, log_density
 
     def logits(self, h: Tensor) -> Tensor:
         """(N, D) cell features → (N, G) scores Q·h_i / √D (eq. 7 before the softmax); zeros for mean."""
@@ -157,10 +203,13 @@ class GeneQueryMIL(nn.Module):
 
         ``density`` (...,) is the bag's cells per unit, used when the model has ``density_input``.
         """
+        if self.density is not None and density is None:
+            raise ValueError("this model reads the bag's cells per unit: pass density")
+        log_density = density.to(z.dtype).log() if density is not None else z.new_zeros(z.shape[:-2])
+        if self.pooled_norm:
+            z, log_density = self.standardise(z, log_density)
         if self.density is not None:
-            if density is None:
-                raise ValueError("this model reads the bag's cells per unit: pass density")
-            z = z + density.to(z.dtype).log()[..., None, None] * self.density
+            z = z + log_density[..., None, None] * self.density
         return self.readout(z)
 
     def forward(
