@@ -8,7 +8,7 @@ attention over each bag's cells (eq. 7–8) ─► shared readout (eq. 9).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor, nn
@@ -91,8 +91,9 @@ class BiTroConfig:
     def __post_init__(self) -> None:
         if self.output not in ("identity", "softplus"):
             raise ValueError(f"output must be 'identity' or 'softplus', got {self.output!r}")
-        if self.slide_context not in ("none", "patch_tokens"):
-            raise ValueError(f"slide_context must be 'none' or 'patch_tokens', got {self.slide_context!r}")
+        if self.slide_context not in get_args(SlideContext):
+            choices = get_args(SlideContext)
+            raise ValueError(f"slide_context must be one of {choices}, got {self.slide_context!r}")
         if self.context_layers < 1:
             raise ValueError(f"context_layers must be at least 1, got {self.context_layers}")
         for name in ("n_genes", "in_dim", "dim", "gat_heads", "transformer_heads", "ff_mult", "position_dim"):
