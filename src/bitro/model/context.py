@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 from torch import Tensor, nn
 
 from bitro.model.padding import SegmentPadding
@@ -41,21 +40,8 @@ SlideContext = Literal["none", "patch_tokens"]
 class _TokenAttention(SelfAttention):
     """:class:`SelfAttention` that drops the mask when every key is real (one bag, no padding)."""
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        s, length, d = x.shape
-
-        def split(t: Tensor) -> Tensor:
-            return t.view(s, length, self.heads, d // self.heads).transpose(1, 2)
-
-        attn_mask = None if bool(mask.all()) else mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(
-            split(self.q(x)),
-            split(self.k(x)),
-            split(self.v(x)),
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.out(y.transpose(1, 2).reshape(s, length, d))
+    def key_mask(self, mask: Tensor) -> Tensor | None:
+        return None if bool(mask.all()) else mask[:, None, None, :]
 
 
 class PatchContext(nn.Module):

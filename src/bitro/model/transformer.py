@@ -89,15 +89,19 @@ class SelfAttention(nn.Module):
         def split(t: Tensor) -> Tensor:
             return t.view(s, length, self.heads, d // self.heads).transpose(1, 2)
 
-        attn_mask = mask[:, None, None, :]  # (S, 1, 1, L): every query sees only real keys
         y = F.scaled_dot_product_attention(
             split(self.q(x)),
             split(self.k(x)),
             split(self.v(x)),
-            attn_mask=attn_mask,
+            attn_mask=self.key_mask(mask),
             dropout_p=self.dropout if self.training else 0.0,
         )
         return self.out(y.transpose(1, 2).reshape(s, length, d))
+
+    def key_mask(self, mask: Tensor) -> Tensor | None:
+        """(S, L) bool mask → the ``attn_mask`` of ``scaled_dot_product_attention``: (S, 1, 1, L), so that
+        every query sees only real keys."""
+        return mask[:, None, None, :]
 
 
 class EncoderBlock(nn.Module):
