@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from bitro.errors import InputError
+from bitro.layout import FINAL_FOLD
 from bitro.folds.splits import (
     Fold,
     Folds,
+    final_fold,
     in_strips,
     leave_one_out,
     patient_split,
@@ -146,3 +148,44 @@ def test_two_groups_validate_on_a_strip_of_the_training_group(tmp_path) -> None:
     for fold in (overlapping, whole):
         with pytest.raises(ValueError, match="two sides"):
             write_folds(Folds("hcc", "loo", [fold]), tmp_path / "bad.json")
+
+
+def _covered(fold: Fold, sample: str, role: str, x: np.ndarray) -> np.ndarray:
+    """Which of the points ``x`` of ``sample`` play ``role`` in ``fold`` (whole samples: all of them)."""
+    if sample not in getattr(fold, role):
+        return np.zeros(len(x), dtype=bool)
+    ranges = fold.ranges(sample, role)
+    return np.ones(len(x), dtype=bool) if ranges is None else in_strips(x, ranges)
+
+
+@pytest.mark.parametrize(
+    "folds",
+    [
+        leave_one_out("st", [f"S{i}" for i in range(5)]),
+        leave_one_out("st2", ["A", "B"], extents={"A": (0.0, 100.0), "B": (10.0, 90.0)}, n_strips=4),
+        patient_split("bulk", [f"T{i}" for i in range(10)], [f"P{i // 2}" for i in range(10)], seed=3),
+        patient_split("bulk5", [f"T{i}" for i in range(12)], [f"P{i}" for i in range(12)], n_folds=5),
+        spatial_strips("xen", {"X": (0.0, 500.0), "Y": (100.0, 300.0)}, n_strips=5),
+    ],
+    ids=["loo", "loo-two-groups", "patient", "kfold", "strips"],
+)
+def test_final_fold_trains_on_everything_fold0_tests_and_validates_as_fold0(folds: Folds, tmp_path) -> None:
+    final = final_fold(folds)
+    (fold,) = final.folds
+    first = folds.folds[0]
+    assert fold.name == FINAL_FOLD and fold.test == [] and final.params["final"]
+    assert fold.validation == first.validation
+    samples = sorted(set(first.train) | set(first.validation) | set(first.test))
+    x = np.linspace(-50.0, 600.0, 2001)
+    for sample in samples:
+        # Every point of every sample trains or validates, never both; validation is fold 0's.
+        train = _covered(fold, sample, "train", x)
+        validation = _covered(fold, sample, "validation", x)
+        assert not (train & validation).any()
+        assert (validation == _covered(first, sample, "validation", x)).all()
+        before = _covered(first, sample, "train", x) | _covered(first, sample, "test", x)
+        assert (train == before).all()
+    write_folds(final, tmp_path / "folds.json")  # an empty test side is allowed for the final fold only
+    assert read_folds(tmp_path / "folds.json").fold(FINAL_FOLD) == fold
+    with pytest.raises(ValueError, match="empty training or test set"):
+        write_folds(Folds("c", folds.protocol, [fold], folds.params | {"final": False}), tmp_path / "x.json")

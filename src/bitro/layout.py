@@ -272,6 +272,9 @@ class FoldFile:
     METRICS: Final = "metrics.tsv"
     BASELINES: Final = "baselines.tsv"
     BASELINE_PREDICTIONS: Final = "baselines.h5ad"
+    #: The final model's portable bundle (``final/`` only): a folder and its zip.
+    BUNDLE: Final = "bundle"
+    BUNDLE_ZIP: Final = "bundle.zip"
 
     @staticmethod
     def phenotypes(scope: str = "{scope}") -> str:
@@ -315,6 +318,19 @@ def sample_dir(cohort: str = "{cohort}", sample: str = "{sample}", results: Path
 def fold_dir(cohort: str = "{cohort}", fold: str = "{fold}", results: Path = RESULTS) -> Path:
     """Return a fold's output folder: ``results/{cohort}/{fold}``."""
     return cohort_dir(cohort, results) / fold
+
+
+def predictions_dir(
+    cohort: str = "{cohort}", sample: str | None = "{sample}", results: Path = RESULTS
+) -> Path:
+    """Return a predicted slide's folder ``results/{cohort}/predictions/{sample}``, or with
+    ``sample=None`` the cohort's ``results/{cohort}/predictions`` (where ``bulk.tsv`` gathers the slides)."""
+    folder = cohort_dir(cohort, results) / "predictions"
+    return folder if sample is None else folder / sample
+
+
+#: The predicted cohort's table of slide profiles, one row per slide, in :func:`predictions_dir`.
+PREDICTED_PROFILES: Final = "bulk.tsv"
 
 
 def figures_dir(cohort: str = "{cohort}", results: Path = RESULTS) -> Path:
@@ -387,8 +403,11 @@ def doctor_dir(results: Path = RESULTS) -> Path:
 # folds
 # --------------------------------------------------------------------------------------------------
 
-#: The pattern of a fold's name (the workflow's ``{fold}`` wildcard).
-FOLD_PATTERN: Final = r"fold\d+"
+#: The final model's fold: every sample of the cohort trains or validates, none is tested
+#: (:func:`bitro.folds.splits.final_fold`); its folder ``results/{cohort}/final`` is laid out as a fold's.
+FINAL_FOLD: Final = "final"
+#: The pattern of a fold's name (the workflow's ``{fold}`` wildcard): a cross-validation fold or the final.
+FOLD_PATTERN: Final = rf"fold\d+|{FINAL_FOLD}"
 
 
 def fold_name(index: int) -> str:

@@ -64,7 +64,7 @@ rule folds:
 
 rule cohort_pca:
     input:
-        folds=COHORT_DIR / CohortFile.FOLDS,
+        folds=folds_file,
         embeddings=cohort_sample_files(SampleFile.EMBEDDINGS),
     output:
         FOLD_DIR / FoldFile.PCA,

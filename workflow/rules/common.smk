@@ -44,14 +44,20 @@ def load_sample_sheet(cohort):
 
 
 SAMPLES = {cohort: load_sample_sheet(cohort) for cohort in COHORTS}
+# A cohort with a `bundle` is predicted by that model (predict.smk), never trained or scored; the others
+# are cross-validated and may give a bundle of their own (final.smk).
+PREDICTED = [name for name, cohort in COHORTS.items() if "bundle" in cohort]
+EVALUATED = [name for name in COHORTS if name not in PREDICTED]
 
 
 def check_sheets():
     """Stop the workflow on a sample sheet unusable as it is (the checks bitro doctor runs on it too)."""
     problems = [
         problem
-        for cohort in COHORTS.values()
-        for problem in sheet_problems(Path(cohort["samples"]), cohort, EVALUATION)
+        for name in EVALUATED
+        for problem in sheet_problems(
+            Path(COHORTS[name]["samples"]), COHORTS[name], EVALUATION
+        )
     ]
     if problems and config["doctor"]["enabled"]:
         raise ValueError(
@@ -66,8 +72,8 @@ def _alternatives(values):
 
 wildcard_constraints:
     cohort=_alternatives(COHORTS),
-    source=_alternatives(COHORTS),
-    target=_alternatives(COHORTS),
+    source=_alternatives(EVALUATED),
+    target=_alternatives(EVALUATED),
     variant=r"[A-Za-z0-9_]+",
     scope=r"sample|cohort",
     fold=layout.FOLD_PATTERN,
@@ -263,10 +269,17 @@ def fold_cells_inputs(wildcards):
     return []
 
 
+def folds_file(wildcards):
+    """The cohort's folds.json, or for its final model the final fold's (final.smk)."""
+    if wildcards.fold == layout.FINAL_FOLD:
+        return layout.fold_dir(wildcards.cohort, layout.FINAL_FOLD) / CohortFile.FOLDS
+    return layout.cohort_dir(wildcards.cohort) / CohortFile.FOLDS
+
+
 def feature_inputs(wildcards, scope=None):
     """Per-cell features of every sample and, in cohort scope, the fold's PCA basis."""
     scope = scope or getattr(wildcards, "scope", None) or TRAINING["feature_scope"]
-    inputs = {"folds": layout.cohort_dir(wildcards.cohort) / CohortFile.FOLDS}
+    inputs = {"folds": folds_file(wildcards)}
     if scope == "cohort":
         inputs["embeddings"] = cohort_sample_files(SampleFile.EMBEDDINGS)(wildcards)
         inputs["basis"] = fold_dir(wildcards) / FoldFile.PCA
@@ -469,12 +482,12 @@ def cohort_summary_tables(cohort):
 
 
 def demo_summary_inputs(wildcards):
-    return {cohort: cohort_summary_tables(cohort) for cohort in COHORTS}
+    return {cohort: cohort_summary_tables(cohort) for cohort in EVALUATED}
 
 
 def demo_summary_args(wildcards):
     specs = []
-    for cohort in COHORTS:
+    for cohort in EVALUATED:
         protocol = PROTOCOLS[COHORTS[cohort]["level"]]
         tables = ",".join(str(t) for t in cohort_summary_tables(cohort))
         specs.append(f"--cohort {shlex.quote(f'{cohort},{protocol},{tables}')}")
@@ -540,7 +553,10 @@ def ablation_table_args(wildcards, protocols=True):
 
 
 def cohort_tables(cohort):
-    """What a cohort's own target makes: its metric tables (and everything they need) and figures."""
+    """What a cohort's own target makes: its metric tables (and everything they need) and figures, or a
+    predicted cohort's predictions."""
+    if cohort in PREDICTED:
+        return predicted_files(cohort)
     return cohort_metric_tables(cohort) + list(plot_files(cohort).values())
 
 
@@ -557,17 +573,20 @@ def cohort_targets_by_name():
 def all_targets():
     per_sample = [
         sample_dir(cohort, sample) / name
-        for cohort, sheet in SAMPLES.items()
-        for sample in sheet.index
+        for cohort in EVALUATED
+        for sample in SAMPLES[cohort].index
         for name in layout.SAMPLE_PRODUCTS
     ]
     cohort_tables = [
-        table for cohort in COHORTS for table in cohort_metric_tables(cohort)
+        table for cohort in EVALUATED for table in cohort_metric_tables(cohort)
     ]
     transfer_tables = [
         layout.transfer_dir(source, target) / CohortFile.METRICS
         for source, target in TRANSFER_PAIRS
     ]
     summary = [RESULTS / layout.DEMO_SUMMARY] if DEMO_ENABLED else []
-    figures = [path for cohort in COHORTS for path in plot_files(cohort).values()]
-    return per_sample + cohort_tables + transfer_tables + summary + figures
+    figures = [path for cohort in EVALUATED for path in plot_files(cohort).values()]
+    predictions = [path for cohort in PREDICTED for path in predicted_files(cohort)]
+    return (
+        per_sample + cohort_tables + transfer_tables + summary + figures + predictions
+    )

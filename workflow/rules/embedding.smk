@@ -36,7 +36,7 @@ def embed_source_args(wildcards, input):
         [
             f"--mode tile-token {sample_args(wildcards)}",
             f"--cells {input.cells} --stain {input.stain}",
-            f"--crop-mpp {config['crops']['mpp']}",
+            f"--crop-mpp {cohort_setting(wildcards.cohort, 'crops')['mpp']}",
             f"--tile-size {FEATURES['tile_size']}",
             f"--tile-margin {FEATURES['tile_margin']}",
             f"--tile-batch {FEATURES['tile_batch_size']}",

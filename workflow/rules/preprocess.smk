@@ -20,7 +20,7 @@ rule tissue:
         runtime=20,
     params:
         sample=sample_args,
-        mask_mpp=config["tissue"]["mask_mpp"],
+        mask_mpp=lambda wc: cohort_setting(wc.cohort, "tissue")["mask_mpp"],
     shell:
         "bitro tissue {params.sample} --mask-mpp {params.mask_mpp} "
         "--geojson {output.geojson} --out {output.mask} > {log} 2>&1"
@@ -44,8 +44,10 @@ rule units:
         runtime=20,
     params:
         sample=sample_args,
-        patch=config["units"]["patch_size_um"],
-        tissue=config["units"]["min_tissue_fraction"],
+        patch=lambda wc: cohort_setting(wc.cohort, "units")["patch_size_um"],
+        tissue=lambda wc: cohort_setting(wc.cohort, "units")[
+            "min_tissue_fraction"
+        ],
     shell:
         "bitro units {params.sample} --tissue {input.tissue} --patch-size-um {params.patch} "
         "--min-tissue-fraction {params.tissue} --out {output} > {log} 2>&1"
@@ -76,7 +78,7 @@ rule stain:
     input:
         unpack(sample_inputs),
         tissue=SAMPLE_DIR / SampleFile.TISSUE,
-        reference=STAIN_REFERENCE,
+        reference=stain_reference_input,
     output:
         SAMPLE_DIR / SampleFile.STAIN,
     log:
@@ -91,9 +93,9 @@ rule stain:
         runtime=30,
     params:
         sample=sample_args,
-        method=config["stain"]["method"],
-        fit_mpp=config["stain"]["fit_mpp"],
-        n_tiles=config["stain"]["n_tiles"],
+        method=lambda wc: cohort_setting(wc.cohort, "stain")["method"],
+        fit_mpp=lambda wc: cohort_setting(wc.cohort, "stain")["fit_mpp"],
+        n_tiles=lambda wc: cohort_setting(wc.cohort, "stain")["n_tiles"],
     shell:
         "bitro stain {params.sample} --tissue {input.tissue} --reference {input.reference} "
         "--method {params.method} --fit-mpp {params.fit_mpp} --n-tiles {params.n_tiles} "
@@ -190,8 +192,8 @@ rule crops:
         runtime=120,
     params:
         sample=sample_args,
-        size=config["crops"]["size"],
-        mpp=config["crops"]["mpp"],
+        size=lambda wc: cohort_setting(wc.cohort, "crops")["size"],
+        mpp=lambda wc: cohort_setting(wc.cohort, "crops")["mpp"],
     shell:
         "bitro crops {params.sample} --cells {input.cells} --stain {input.stain} "
         "--size {params.size} --crop-mpp {params.mpp} --workers {threads} --quiet "

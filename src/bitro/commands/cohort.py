@@ -167,6 +167,22 @@ def _cmd_folds(args: argparse.Namespace) -> None:
     log.info("%s: %d %s folds -> %s", args.cohort, len(folds.folds), folds.protocol, args.out)
 
 
+def _cmd_final_fold(args: argparse.Namespace) -> None:
+    from bitro.folds.splits import final_fold, read_folds, write_folds
+
+    folds = final_fold(read_folds(args.folds))
+    write_folds(folds, args.out)
+    fold = folds.folds[0]
+    log.info(
+        "%s final model: %d samples train, %d validate (as %s) -> %s",
+        folds.cohort,
+        len(fold.train),
+        len(fold.validation),
+        folds.params["from_fold"],
+        args.out,
+    )
+
+
 def _fold_embeddings(args: argparse.Namespace, samples: list[str]) -> dict[str, np.ndarray]:
     from bitro.features.embeddings import read_embeddings
 
@@ -247,6 +263,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
     folds.add_argument("--seed", type=int, default=0)
     folds.add_argument("--out", required=True)
     folds.set_defaults(func=_cmd_folds)
+
+    final = verbs.add_parser(
+        "final-fold", help="the final model's fold: fold 0 with its test side trained on, nothing tested"
+    )
+    final.add_argument("--folds", required=True, help="the cohort's folds.json")
+    final.add_argument("--out", required=True, help="results/<cohort>/final/folds.json")
+    final.set_defaults(func=_cmd_final_fold)
 
     pca = verbs.add_parser("cohort-pca", help="one PCA basis on a fold's training samples: pca.npz")
     _add_fold_args(pca)

@@ -22,6 +22,10 @@ samples are touched once, at the end.
   straddle a test strip's edge are dropped from training, so no test cell ever contributes to a training
   target). Validation is the training strip next to the test strip, so it is as spatially separated from
   training as the test strip is.
+
+The final model of a cohort (:func:`final_fold`, ``results/{cohort}/final/folds.json``) is fold 0 with its
+test side given to training: it validates, for early stopping only, on what fold 0 validates on, and tests
+nothing. Its quality is the cross-validation's.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 from bitro._atomic import atomic_path
 from bitro.errors import InputError, UsageError
 from bitro.io.validate import require_file
+from bitro.layout import FINAL_FOLD
 
 Protocol = Literal["loo", "patient", "strips"]
 
@@ -249,7 +254,7 @@ def check_disjoint(folds: Folds) -> None:
                 )
                 if whole:
                     raise ValueError(f"{folds.cohort} {fold.name}: samples on two sides: {whole}")
-        if not fold.train or not fold.test:
+        if not fold.train or (not fold.test and not folds.params.get("final")):
             raise ValueError(f"{folds.cohort} {fold.name}: empty training or test set")
         _check_barcode_patients(folds.cohort, fold)
 
@@ -275,6 +280,24 @@ def _check_barcode_patients(cohort: str, fold: Fold) -> None:
 
 def _overlap(first: Sequence[Sequence[float]], second: Sequence[Sequence[float]]) -> bool:
     return any(lo < hi2 and lo2 < hi for lo, hi in first for lo2, hi2 in second)
+
+
+def final_fold(folds: Folds) -> Folds:
+    """The cohort's final fold (module docstring): fold 0 of ``folds`` with its test side trained on.
+
+    Strip ranges follow: a sample's test strips join its training strips, its validation strips stay.
+    """
+    first = folds.folds[0]
+    train = sorted(set(first.train) | set(first.test))
+    strips: dict[str, dict[str, list[list[float]]]] = {}
+    for sample, roles in first.strips.items():
+        merged = {"train": sorted([*roles.get("train", []), *roles.get("test", [])])}
+        if "validation" in roles:
+            merged["validation"] = roles["validation"]
+        strips[sample] = merged
+    fold = Fold(FINAL_FOLD, train=train, validation=list(first.validation), test=[], strips=strips)
+    params = folds.params | {"final": True, "from_fold": first.name}
+    return Folds(folds.cohort, folds.protocol, [fold], params)
 
 
 def write_folds(folds: Folds, path: str | Path) -> None:

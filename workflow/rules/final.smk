@@ -1,0 +1,59 @@
+# Issue 16: each cohort's final model, trained on all its samples (the fold `final`, whose folder
+# results/{cohort}/final/ is laid out as a fold's: pca.npz, phenotypes, model), and its portable bundle.
+# The cohort_pca, phenotypes and train rules make the model; nothing here tests it: the bundle carries
+# the cross-validation's metrics (docs/predict.md).
+
+
+rule final_fold:
+    input:
+        layout.cohort_dir() / CohortFile.FOLDS,
+    output:
+        layout.fold_dir(fold=layout.FINAL_FOLD) / CohortFile.FOLDS,
+    log:
+        LOGS / "final_fold" / "{cohort}.log",
+    benchmark:
+        BENCHMARKS / "final_fold" / "{cohort}.tsv"
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "bitro final-fold --folds {input} --out {output} > {log} 2>&1"
+
+
+rule export_model:
+    input:
+        unpack(export_inputs),
+    output:
+        bundle=directory(FINAL_DIR / FoldFile.BUNDLE),
+        archive=FINAL_DIR / FoldFile.BUNDLE_ZIP,
+    log:
+        LOGS / "export_model" / "{cohort}.log",
+    benchmark:
+        BENCHMARKS / "export_model" / "{cohort}.tsv"
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        model_dir=lambda wc: layout.fold_dir(wc.cohort, layout.FINAL_FOLD),
+        basis=lambda wc, input: (
+            f"--basis {input.basis}" if "basis" in input.keys() else ""
+        ),
+        settings=lambda wc: shlex.quote(json.dumps(bundle_settings(wc.cohort))),
+        cohort=lambda wc: shlex.quote(json.dumps(bundle_cohort(wc.cohort))),
+    shell:
+        "bitro export-model --model-dir {params.model_dir} {params.basis} "
+        "--stain-reference {input.reference} --embeddings-description {input.description} "
+        "--settings-json {params.settings} --cohort-json {params.cohort} --cv-metrics {input.metrics} "
+        "--out {output.bundle} > {log} 2>&1"
+
+
+rule final:
+    input:
+        [layout.fold_dir(c, layout.FINAL_FOLD) / FoldFile.BUNDLE_ZIP for c in EVALUATED],
+    localrule: True
