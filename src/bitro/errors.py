@@ -5,7 +5,8 @@ Every user-facing fault is a :class:`BitroError`; ``bitro <verb>`` prints it as 
 traceback (a ``ValueError`` or ``TypeError`` is a caller passing the library a wrong argument).
 
 - :class:`InputError`: an input file is unusable (:class:`MissingInputError`: it is not there;
-  :class:`WeightsError`: weights that are missing, truncated or do not fit).
+  :class:`PixelSizeError`: a slide without a pixel size; :class:`WeightsError`: weights that are
+  missing, truncated or do not fit).
 - :class:`ConfigError`: a setting asks for something the data cannot give (:class:`PatientOverlapError`:
   pretraining samples that share patients with the target's test samples).
 - :class:`UsageError`: the command line names something that does not exist or lacks an option
@@ -43,6 +44,10 @@ class MissingInputError(InputError):
 
     def __init__(self, path: str | PathLike[str], what: str = "required file") -> None:
         super().__init__(path, f"{what} not found")
+
+
+class PixelSizeError(InputError):
+    """A slide records no pixel size (µm/px) and none was given."""
 
 
 class ConfigError(BitroError):

@@ -7,6 +7,8 @@ Inputs (``docs/formats.md``), one function per layout that names a sample's file
   ``cellvit_seg/{id}_cellvit_seg.{parquet,geojson,geojson.zip}``;
 - TCGA (:func:`tcga_files`): ``expression/tpm.tsv``, ``expression/gene_map.tsv`` and
   ``slides/{barcode}.{uuid}.{svs,tif,tiff,ndpi}``;
+- slides, prediction only (:func:`slides_files`): ``{id}.{svs,tif,tiff,ndpi,btf,mrxs,…}``
+  (:data:`SLIDE_SUFFIXES`) or the sheet's ``file``, relative to the root, and no expression;
 - Xenium (:func:`xenium_files`): in the section's bundle ``{root}/{id}/`` (or ``root`` itself),
   ``experiment.xenium``, ``cells.parquet``, ``cell_feature_matrix.h5``, ``he_image.ome.tif`` and
   ``he_imagealignment.csv`` (the last two possibly prefixed with the run's name).
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from bitro.options import FORMAT_LEVELS, LEVELS
+from bitro.options import FORMATS, LEVELS
 
 # --------------------------------------------------------------------------------------------------
 # input layouts
@@ -48,6 +50,20 @@ TCGA_SLIDE_DIR: Final = "slides"
 HEST_SLIDE_SUFFIXES: Final = (".tif", ".tiff", ".svs", ".ndpi", ".btf")
 #: Slide suffixes of the files in a TCGA cohort's ``slides/``.
 TCGA_SLIDE_SUFFIXES: Final = (".svs", ".tif", ".tiff", ".ndpi")
+#: Suffixes of the whole-slide images :mod:`bitro.io.slides` reads (OpenSlide's single-file formats and
+#: pyramidal TIFFs), in the order a ``slides`` sample's ``{root}/{id}.*`` is looked for.
+SLIDE_SUFFIXES: Final = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".btf",
+    ".mrxs",
+    ".scn",
+    ".bif",
+    ".vms",
+    ".svslide",
+)
 #: Suffixes of a HEST CellViT segmentation, in the order they are looked for.
 HEST_SEGMENTATION_SUFFIXES: Final = (".parquet", ".geojson", ".geojson.zip")
 
@@ -207,21 +223,67 @@ def xenium_files(root: Path, sample: str) -> SampleLayout:
     return SampleLayout(files, image)
 
 
-def sample_files(fmt: str, root: Path, sample: str) -> SampleLayout:
-    """Return the files a sample of layout ``fmt`` (``hest``, ``tcga`` or ``xenium``) is read from.
+def is_slide_file(path: Path) -> bool:
+    """Return whether ``path``'s name is that of a slide (suffix of :data:`SLIDE_SUFFIXES`, any case)."""
+    return path.suffix.lower() in SLIDE_SUFFIXES and not path.name.startswith(".")
+
+
+def slides_slide(root: Path, sample: str, file: str | Path | None = None) -> Path:
+    """Return the slide of a ``slides`` sample.
+
+    ``file`` (the sheet's ``file`` column), when given, is the slide's path relative to ``root`` (or
+    absolute). Otherwise the first of ``{root}/{sample}{suffix}`` over :data:`SLIDE_SUFFIXES` that is a
+    file, then a file named ``{sample}.*`` with a slide suffix in another case (``.SVS``), else
+    ``{root}/{sample}.svs`` (absent).
+    """
+    root = Path(root)
+    if file is not None and str(file).strip():
+        return root / str(file).strip()  # an absolute ``file`` stays itself
+    candidates = [root / f"{sample}{suffix}" for suffix in SLIDE_SUFFIXES]
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None and root.is_dir():
+        found = next(
+            (
+                path
+                for path in sorted(root.iterdir())
+                if path.stem == sample and is_slide_file(path) and path.is_file()
+            ),
+            None,
+        )
+    return found if found is not None else candidates[0]
+
+
+def slides_files(root: Path, sample: str, file: str | Path | None = None) -> SampleLayout:
+    """Return the files a ``slides`` sample (prediction only) is read from: its slide, nothing else.
+
+    ``file`` is the sheet's ``file`` column (see :func:`slides_slide`).
+    """
+    slide = slides_slide(root, sample, file)
+    return SampleLayout((LayoutFile("slide", "whole-slide image", slide),), slide)
+
+
+def sample_files(fmt: str, root: Path, sample: str, *, file: str | Path | None = None) -> SampleLayout:
+    """Return the files a sample of layout ``fmt`` (one of :data:`bitro.options.FORMATS`) is read from.
+
+    ``file`` is a ``slides`` sample's slide relative to ``root`` (the sheet's ``file`` column); the other
+    layouts name their files themselves.
 
     Raises
     ------
     ValueError
-        ``fmt`` is not a layout of :data:`FORMAT_LEVELS`.
+        ``fmt`` is not one of :data:`bitro.options.FORMATS`, or ``file`` is given for another layout.
     """
+    if fmt == "slides":
+        return slides_files(root, sample, file)
+    if file is not None and str(file).strip():
+        raise ValueError(f"file {file!r} is only for the slides layout, not {fmt!r}")
     if fmt == "hest":
         return hest_files(root, sample)
     if fmt == "tcga":
         return tcga_files(root, sample)
     if fmt == "xenium":
         return xenium_files(root, sample)
-    raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(FORMAT_LEVELS)}")
+    raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,10 +31,18 @@ NUCLEAR_FEATURE_ENCODERS: tuple[str, ...] = ("morphology", "morphology_histomics
 """The encoders that measure each cell's nucleus (no weights, no tokens; crop mode only)."""
 
 FORMAT_LEVELS: Final[dict[str, str]] = {"hest": "st", "tcga": "bulk", "xenium": "xenium"}
-"""Input layouts a cohort can come in (``bitro.io``, ``bitro.layout``), and the level each measures."""
+"""The labelled input layouts (``bitro.io``, ``bitro.layout``): slides with measured expression, and the
+level each measures. Every key is also in :data:`FORMATS`."""
 
-FORMATS: tuple[str, ...] = tuple(FORMAT_LEVELS)
-"""Input layouts a cohort can come in."""
+LABELLED_FORMATS: tuple[str, ...] = tuple(FORMAT_LEVELS)
+"""Input layouts with expression: a cohort in one of them can be trained on and scored."""
+
+PREDICTION_FORMATS: tuple[str, ...] = ("slides",)
+"""Input layouts without expression (whole-slide images and a sheet): a trained model is only applied to
+them. They measure no level, so they are not keys of :data:`FORMAT_LEVELS`."""
+
+FORMATS: tuple[str, ...] = (*LABELLED_FORMATS, *PREDICTION_FORMATS)
+"""Input layouts a cohort can come in: the labelled ones, then the prediction-only ones."""
 
 LEVELS: tuple[str, ...] = ("st", "bulk", "xenium")
 """What a cohort's expression measures: spots, whole slides, single cells."""

@@ -30,7 +30,9 @@ def _cmd_virtual_slide(args: argparse.Namespace) -> None:
 
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add ``demo`` and ``virtual-slide`` to the ``bitro`` parser."""
-    demo = verbs.add_parser("demo", help="write the embedded demo cohorts (HEST-1k, TCGA, Xenium layouts)")
+    demo = verbs.add_parser(
+        "demo", help="write the embedded demo cohorts (HEST-1k, TCGA, Xenium layouts) and an unlabelled slide"
+    )
     demo.add_argument("--out", required=True, type=Path, help="directory to write the cohorts to")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--preset", default="default", choices=DEMO_PRESETS, help="cohort sizes")

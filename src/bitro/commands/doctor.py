@@ -60,7 +60,9 @@ def _with_sheet(config: dict[str, Any], args: argparse.Namespace) -> tuple[dict[
         return config, args.cohort
     if args.format is not None and args.root is not None:
         name = args.cohort[0] if args.cohort else args.samples.stem
-        cohort = {"level": FORMAT_LEVELS[args.format], "format": args.format, "root": str(args.root)}
+        cohort = {"format": args.format, "root": str(args.root)}
+        if args.format in FORMAT_LEVELS:  # a prediction-only layout measures no level
+            cohort["level"] = FORMAT_LEVELS[args.format]
     elif args.cohort and len(args.cohort) == 1 and args.cohort[0] in cohorts:
         name, cohort = args.cohort[0], dict(cohorts[args.cohort[0]])
     else:

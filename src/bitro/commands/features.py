@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bitro._atomic import atomic_path
+from bitro.commands._sample import add_slide_file_arg, slide_file
 from bitro.errors import InputError, UsageError
 from bitro.options import DINOV3_POOLINGS, EMBED_MODES, ENCODERS, FORMATS, NUCLEAR_FEATURE_ENCODERS
 
@@ -76,7 +77,8 @@ def _embed_tile_tokens(args: argparse.Namespace, encoder: Encoder) -> None:
     else:
         if args.format is None or args.root is None:
             raise UsageError("--sample", "needs --format and --root")
-        slide = read_sample(args.format, args.root, args.sample, mpp=args.mpp).open_slide()
+        sample = read_sample(args.format, args.root, args.sample, mpp=args.mpp, file=slide_file(args))
+        slide = sample.open_slide()
     normalizer = None if args.stain is None else read_normalizer(args.stain)
     with slide:
         embed_tiles(
@@ -154,6 +156,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     tiles.add_argument("--root", type=Path, default=None, help="the cohort's root directory")
     tiles.add_argument("--sample", default=None, help="sample id in the layout")
     tiles.add_argument("--mpp", type=float, default=None, help="override the slide's µm per pixel")
+    add_slide_file_arg(tiles)
     tiles.add_argument(
         "--cells", type=Path, default=None, help="the sample's cells.parquet (crop mode: morphology's nuclei)"
     )

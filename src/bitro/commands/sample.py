@@ -76,9 +76,13 @@ def _cmd_stain(args: argparse.Namespace) -> None:
 
 
 def _cmd_targets(args: argparse.Namespace) -> None:
-    from bitro.preprocess.targets import make_targets, write_targets
+    from bitro.errors import UsageError
+    from bitro.options import PREDICTION_FORMATS
+    from bitro.preprocess.targets import make_targets, unlabelled_targets, write_targets
     from bitro.preprocess.units import read_units
 
+    if args.format in PREDICTION_FORMATS:
+        raise UsageError(f"--format {args.format}", unlabelled_targets(args.sample))
     sample = read_args_sample(args)
     targets = make_targets(sample, read_units(args.units))
     write_targets(targets, args.out)
@@ -114,7 +118,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     units = verbs.add_parser("units", help="write units.parquet: ST spots, or spot-sized patches over tissue")
     add_sample_args(units)
     add_tissue_args(units)
-    units.add_argument("--patch-size-um", type=float, default=55.0, help="patch side for bulk and Xenium")
+    units.add_argument(
+        "--patch-size-um", type=float, default=55.0, help="patch side for bulk, Xenium and slides"
+    )
     units.add_argument("--min-tissue-fraction", type=float, default=0.5)
     units.add_argument("--out", required=True, type=Path)
     units.set_defaults(func=_cmd_units)

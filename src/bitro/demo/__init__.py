@@ -2,7 +2,9 @@
 
 No data can be downloaded, so :func:`generate_demo` writes small cohorts in the layouts of
 ``docs/formats.md`` — a HEST-1k Visium cohort (``hest/``), a TCGA bulk cohort (``tcga/``) and a Xenium
-bundle (``xenium/XENIUM_DEMO/``) — together with the truth that was planted (``truth/`` in each root).
+bundle (``xenium/XENIUM_DEMO/``) — together with the truth that was planted (``truth/`` in each root),
+and one unlabelled ST-sized slide of a new patient in the prediction-only ``slides`` layout (``slides/``,
+:mod:`bitro.demo.unlabelled`).
 It is a test bed: the planted effects below are generic and are not tuned to favour any method.
 
 Tissue layout (``tissue.py``)
@@ -98,6 +100,7 @@ from bitro.demo.config import GENERATOR_VERSION, PRESETS, DemoConfig, preset
 from bitro.demo.morphology import CELL_TYPES
 from bitro.demo.render import SlideRenderer, SlideStyle, draw_slide_style, write_pyramidal_tiff
 from bitro.demo.tissue import TissueFields, draw_patient_params, generate_cells
+from bitro.demo.unlabelled import UNLABELLED_DIR, UNLABELLED_IDS, write_unlabelled_demo
 
 #: Approximate tissue area per cell (µm²) used to size a virtual slide from a cell count.
 AREA_PER_CELL_UM2 = 195.0
@@ -180,9 +183,12 @@ __all__ = [
     "CELL_TYPES",
     "GENERATOR_VERSION",
     "PRESETS",
+    "UNLABELLED_DIR",
+    "UNLABELLED_IDS",
     "DemoConfig",
     "demo_sample_ids",
     "generate_demo",
     "preset",
+    "write_unlabelled_demo",
     "write_virtual_slide",
 ]

@@ -1,6 +1,7 @@
-"""Write the demo cohorts in the HEST-1k, TCGA and Xenium layouts (see docs/formats.md): the slide jobs
-of every section (:mod:`bitro.demo.sections`), then one writer per layout (:mod:`bitro.demo.hest`,
-``tcga``, ``xenium``, mirroring :mod:`bitro.io`)."""
+"""Write the demo cohorts in the HEST-1k, TCGA and Xenium layouts (see docs/formats.md), and the
+unlabelled slide in the ``slides`` layout: the slide jobs of every section (:mod:`bitro.demo.sections`),
+then one writer per layout (:mod:`bitro.demo.hest`, ``tcga``, ``xenium``, ``unlabelled``, mirroring
+:mod:`bitro.io`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from bitro.demo.tissue import (
     draw_patient_params,
     jitter_section_params,
 )
+from bitro.demo.unlabelled import UNLABELLED_DIR, UNLABELLED_IDS, _write_unlabelled, unlabelled_jobs
 from bitro.demo.xenium import _write_xenium
 from bitro.layout import (
     HEST_SLIDE_DIR,
@@ -37,9 +39,14 @@ __all__ = ["demo_sample_ids", "generate_demo"]
 
 
 def generate_demo(
-    outdir: str | os.PathLike[str], *, config: DemoConfig | None = None, progress: bool = True
+    outdir: str | os.PathLike[str],
+    *,
+    config: DemoConfig | None = None,
+    progress: bool = True,
+    unlabelled: bool = True,
 ) -> dict:
-    """Write the demo cohorts (HEST-1k, TCGA, Xenium) under ``outdir``.
+    """Write the demo cohorts (HEST-1k, TCGA, Xenium) under ``outdir``, and the unlabelled slide
+    (``slides/``, :mod:`bitro.demo.unlabelled`).
 
     Everything is first written to a hidden temporary directory inside ``outdir`` and then moved into
     place cohort by cohort (replacing earlier ``hest/``, ``tcga/``, ``xenium/``), so a killed run leaves
@@ -53,12 +60,15 @@ def generate_demo(
         Demo configuration (default :class:`DemoConfig`).
     progress
         Show tqdm progress bars.
+    unlabelled
+        Also write the unlabelled slide (its own seeds: the other cohorts are the same without it).
 
     Returns
     -------
     dict
         ``{"root", "seconds", "ids": demo_sample_ids, "paths": {"hest", "tcga", "xenium": [...]},
-        "n_cells": {slide: n}}``.
+        "slides": {slide: {path, n_cells, …}}}``, and with ``unlabelled`` ``"unlabelled": {"root", "ids"}``
+        (the ``slides`` cohort, apart from ``ids``: it has no expression).
     """
     t0 = time.perf_counter()
     cfg = config or DemoConfig()
@@ -115,6 +125,10 @@ def generate_demo(
                     sid, "xenium", f"X{i + 1}", w, h, xp, [cfg.seed, 3, i], tif, cfg.mpp, cfg.jpeg_quality
                 )
             )
+        if unlabelled:
+            (tmp / UNLABELLED_DIR).mkdir()
+            new_jobs, new_patients = unlabelled_jobs(tmp / UNLABELLED_DIR, cfg)
+            jobs += new_jobs
         results = _run_jobs(jobs, cfg.workers, progress)
         if ids["hest"]:
             hp: dict[str, Any] = {"slides": {}, "patients": _patients_json(hest_pat)}
@@ -125,7 +139,9 @@ def generate_demo(
         for i, sid in enumerate(ids["xenium"]):
             xpar: dict[str, Any] = {"slides": {}, "patient_effects": xen_eff[sid]}
             _write_xenium(tmp / "xenium" / sid, sid, cfg, model, results[sid], xen_eff[sid], i, xpar)
-        cohorts = [c for c in ("hest", "tcga", "xenium") if ids[c]]
+        if unlabelled:
+            _write_unlabelled(tmp / UNLABELLED_DIR, cfg, model, results, new_patients)
+        cohorts = [c for c in ("hest", "tcga", "xenium") if ids[c]] + ([UNLABELLED_DIR] if unlabelled else [])
         for c in cohorts:
             target = out / c
             if target.exists():
@@ -133,7 +149,7 @@ def generate_demo(
             (tmp / c).replace(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {
+    summary: dict[str, Any] = {
         "root": str(out),
         "seconds": time.perf_counter() - t0,
         "ids": ids,
@@ -153,6 +169,9 @@ def generate_demo(
             for sid, r in results.items()
         },
     }
+    if unlabelled:
+        summary["unlabelled"] = {"root": str(out / UNLABELLED_DIR), "ids": list(UNLABELLED_IDS)}
+    return summary
 
 
 def _patients_json(p: dict[str, tuple[TissueParams, dict[str, float]]]) -> dict[str, Any]:

@@ -20,7 +20,9 @@ others:
   of the slide decodes, the project's reader accepts the sample (sample sheet ``mpp`` honoured: integer,
   non-empty, not all-zero counts, spots in tissue and on the slide) and its µm/px lies in a sane range
   (``doctor.mpp_range``, default 0.1–2); a precomputed segmentation is read (not empty, unique ids, on the
-  slide; invalid outlines repaired and counted);
+  slide; invalid outlines repaired and counted). A prediction-only cohort (``format: slides``): its sheet
+  (``sample_id``, optional ``patient_id``, ``mpp``, ``file``; no duplicated or empty ids), and each slide
+  exists, opens and has a known µm/px in that range;
 - ``cohort``: the sample sheet agrees with the TCGA barcodes, the cohort has enough samples or patients
   for its split, and ``genes.n_genes`` does not exceed the genes every sample measures (unless
   ``genes.up_to``). It runs with ``slides``, from what that check read.
@@ -36,7 +38,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bitro.doctor.cohort import check_protocol, cohort_level, sheet_patients, sheet_problems
+from bitro.doctor.cohort import (
+    check_protocol,
+    cohort_level,
+    is_prediction_only,
+    sheet_patients,
+    sheet_problems,
+)
 from bitro.doctor.common import (
     MPP_RANGE,
     CohortContext,
@@ -58,6 +66,7 @@ from bitro.doctor.slides import (
     open_slide_dims,
     probe_slide,
     read_sheet,
+    read_slides_sheet_rows,
     segmentation_file,
 )
 from bitro.doctor.versions import (
@@ -116,6 +125,7 @@ __all__ = [
     "encoder_spec",
     "find_repo",
     "gpu_requests",
+    "is_prediction_only",
     "layout_files",
     "mpp_range",
     "normalise_name",
@@ -125,6 +135,7 @@ __all__ = [
     "read_pins",
     "read_sha256sums",
     "read_sheet",
+    "read_slides_sheet_rows",
     "resolve",
     "run_doctor",
     "segmentation_file",

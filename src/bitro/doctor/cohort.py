@@ -9,7 +9,7 @@ from typing import Any
 
 from bitro.doctor.common import CohortContext, _section
 from bitro.doctor.report import Result
-from bitro.layout import FORMAT_LEVELS
+from bitro.options import FORMAT_LEVELS, PREDICTION_FORMATS
 
 
 def sheet_patients(path: Path) -> tuple[list[str], list[str] | None]:
@@ -23,15 +23,30 @@ def sheet_patients(path: Path) -> tuple[list[str], list[str] | None]:
     return samples, [p.strip() or s for s, p in zip(samples, sheet["patient_id"], strict=True)]
 
 
+def is_prediction_only(cohort: Mapping[str, Any]) -> bool:
+    """Whether a cohort's layout has no expression (:data:`bitro.options.PREDICTION_FORMATS`)."""
+    return str(cohort.get("format")) in PREDICTION_FORMATS
+
+
 def cohort_level(cohort: Mapping[str, Any]) -> str:
-    """The level of a cohort: its ``level``, else the level its ``format`` measures."""
+    """The level of a cohort: its ``level``, else the level its ``format`` measures.
+
+    Raises
+    ------
+    ValueError
+        A prediction-only cohort (``format: slides``) without a ``level``: it measures none.
+    """
+    if not cohort.get("level") and is_prediction_only(cohort):
+        raise ValueError(f"a {cohort.get('format')} cohort measures no level: it is only predicted")
     return str(cohort.get("level") or FORMAT_LEVELS.get(str(cohort.get("format")), "xenium"))
 
 
 def sheet_problems(sheet_path: Path, cohort: Mapping[str, Any], evaluation: Mapping[str, Any]) -> list[str]:
     """What makes a cohort unusable, known from its sample sheet alone, one message per problem, each
     naming the sheet: patient ids that contradict the TCGA barcodes (a patient's slides on both sides of a
-    split), and too few samples or patients for the cohort's split.
+    split), and too few samples or patients for the cohort's split. A prediction-only cohort
+    (``format: slides``) is not split: its problems are those of its sheet (duplicated or empty ids, an
+    ``mpp`` that is not a positive number; :func:`bitro.io.unlabelled.slides_sheet_entries`).
 
     The workflow calls it when it is parsed (so that a dry run already stops), ``bitro doctor`` in its
     ``cohort`` check.
@@ -43,7 +58,10 @@ def sheet_problems(sheet_path: Path, cohort: Mapping[str, Any], evaluation: Mapp
     """
     from bitro.folds.splits import split_shortfall
     from bitro.io.tcga import barcode_contradictions
+    from bitro.io.unlabelled import slides_sheet_entries
 
+    if is_prediction_only(cohort):
+        return [f"{sheet_path}: {problem}" for problem in slides_sheet_entries(sheet_path)[1]]
     samples, patients = sheet_patients(sheet_path)
     problems = []
     if cohort.get("format") == "tcga" and patients is not None:
@@ -71,6 +89,8 @@ def check_protocol(
     or patients for its split (:func:`sheet_problems`), and as many genes as ``genes.n_genes`` asks for."""
     from bitro.genes.selection import excluded_genes
 
+    if is_prediction_only(cohort):
+        return []  # nothing to split or select genes from; its sheet is the slides check's
     try:
         samples, _ = sheet_patients(sheet_path)
         problems = sheet_problems(sheet_path, cohort, _section(config, "evaluation"))

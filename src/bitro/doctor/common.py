@@ -67,3 +67,4 @@ class CohortContext:
     segmentation: dict[str, Any]
     expression: Any = None  # TCGA: the cohort's TPM table, read once
     genes: dict[str, set[str]] = field(default_factory=dict)  # sample → genes measured (readable samples)
+    files: dict[str, str] = field(default_factory=dict)  # slides: sample → the sheet's file column

@@ -1,19 +1,21 @@
 """The ``slides`` check: every sample's files (as :mod:`bitro.layout` names them), slide pixels, the
-project's reader, its µm/px, and a precomputed segmentation."""
+project's reader, its µm/px, and a precomputed segmentation. A prediction-only cohort (``format: slides``)
+has its own sheet (:func:`bitro.io.unlabelled.slides_sheet_entries`: ``sample_id``, optional
+``patient_id``, ``mpp``, ``file``) and only slides: each must exist, open and have a known µm/px."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from bitro.doctor.cohort import check_protocol
+from bitro.doctor.cohort import check_protocol, is_prediction_only
 from bitro.doctor.common import CohortContext, _guard, _section, cohort_segmentation, mpp_range, resolve
 from bitro.doctor.report import Result
 from bitro.errors import BitroError, InputError
+from bitro.io.unlabelled import parse_sheet_mpp, slides_sheet_entries
 from bitro.layout import demo_data_dir, hest_segmentations, sample_files
 
 
@@ -40,33 +42,34 @@ def read_sheet(path: Path) -> tuple[list[tuple[str, float | None]], list[Result]
         if not sample:
             problems.append(Result("slides", str(path), "fail", f"{path}: a row has an empty sample_id"))
             continue
-        mpp, problem = _parse_mpp(raw)
+        mpp, problem = parse_sheet_mpp(raw)
         if problem:
             problems.append(Result("slides", sample, "fail", f"{path}: sample {sample}: mpp {problem}"))
         rows.append((sample, mpp))
     return rows, problems
 
 
-def _parse_mpp(raw: str) -> tuple[float | None, str]:
-    """The sheet's mpp override (``None`` when empty) and what is wrong with it."""
-    text = str(raw).strip()
-    if text == "" or text.lower() == "nan":
-        return None, ""
+def read_slides_sheet_rows(path: Path) -> tuple[list[tuple[str, float | None]], dict[str, str], list[Result]]:
+    """A ``slides`` sample sheet: (sample id, mpp override) rows, sample → its ``file`` (where the sheet
+    names one), and its problems (each naming the sheet)."""
     try:
-        value = float(text)
-    except ValueError:
-        return None, f"{text!r} is not a number"
-    if not math.isfinite(value) or value <= 0:
-        return None, f"{text!r} is not a positive number"
-    return value, ""
+        entries, problems = slides_sheet_entries(path)
+    except InputError as exc:
+        return [], {}, [Result("slides", str(path), "fail", str(exc))]
+    results = [Result("slides", str(path), "fail", f"{path}: {problem}") for problem in problems]
+    files = {entry.sample_id: entry.file for entry in entries if entry.file}
+    return [(entry.sample_id, entry.mpp) for entry in entries], files, results
 
 
-def layout_files(fmt: str, root: Path, sample: str) -> tuple[list[tuple[str, Path]], Path | None]:
+def layout_files(
+    fmt: str, root: Path, sample: str, *, file: str | None = None
+) -> tuple[list[tuple[str, Path]], Path | None]:
     """The files a sample of layout ``fmt`` is read from, as (what, path), and its slide.
 
-    A file that is absent is given with the name the layout expects (:func:`bitro.layout.sample_files`).
+    A file that is absent is given with the name the layout expects (:func:`bitro.layout.sample_files`);
+    ``file`` is a ``slides`` sample's sheet ``file``.
     """
-    layout = sample_files(fmt, root, sample)
+    layout = sample_files(fmt, root, sample, file=file)
     return [(file.what, file.path) for file in layout.files], layout.slide
 
 
@@ -98,7 +101,7 @@ def _probe(path: Path) -> tuple[str, tuple[int, int]]:
 def check_sample(ctx: CohortContext, sample: str, mpp: float | None) -> list[Result]:
     """One sample: its files, its slide's pixels, the project's reader, and its µm/px."""
     subject = f"{ctx.name}/{sample}"
-    files, slide = layout_files(ctx.fmt, ctx.root, sample)
+    files, slide = layout_files(ctx.fmt, ctx.root, sample, file=ctx.files.get(sample))
     results = [
         Result("slides", subject, "fail", f"{path}: {what} not found")
         for what, path in files
@@ -140,14 +143,14 @@ def _segmentation_problems(ctx: CohortContext, sample: str, subject: str) -> lis
                 )
             ]
         return []
-    if ctx.fmt == "tcga":
+    if ctx.fmt in ("tcga", "slides"):
         return [
             Result(
                 "slides",
                 subject,
                 "fail",
-                f"{ctx.root}: segmentation.backend precomputed, but the TCGA layout has no segmentation: "
-                "set segmentation.path (with {sample}) or use the classical backend",
+                f"{ctx.root}: segmentation.backend precomputed, but the {ctx.fmt} layout has no "
+                "segmentation: set segmentation.path (with {sample}) or use the classical backend",
             )
         ]
     return []
@@ -198,7 +201,7 @@ def _read_sample(
     ctx: CohortContext, sample: str, mpp: float | None, subject: str, description: str
 ) -> list[Result]:
     """Read the sample as the workflow's rules do, collecting the reader's warnings; check µm/px."""
-    from bitro.io import read_hest_sample, read_sample
+    from bitro.io import read_hest_sample, read_sample, read_slides_sample
     from bitro.io.tcga import read_tcga_slide
 
     results = []
@@ -209,6 +212,8 @@ def _read_sample(
                 read = read_tcga_slide(ctx.root, sample, mpp=mpp, expression=ctx.expression)
             elif ctx.fmt == "hest":
                 read = read_hest_sample(ctx.root, sample, mpp=mpp, cells="none")
+            elif ctx.fmt == "slides":
+                read = read_slides_sample(ctx.root, sample, mpp=mpp, file=ctx.files.get(sample))
             else:
                 read = read_sample(ctx.fmt, ctx.root, sample, mpp=mpp)
         except Exception as exc:
@@ -225,8 +230,11 @@ def _read_sample(
     if read.mpp > ctx.crops_mpp * 1.05:
         text = f"{read.slide_path}: {pixel} is coarser than crops.mpp {ctx.crops_mpp:g}: crops are upsampled"
         results.append(Result("slides", subject, "warn", text))
-    unit = {"st": "spots", "xenium": "cells"}.get(read.kind, "profile")
-    measured = f"{read.expression.n_obs} {unit} × {read.expression.n_vars} genes"
+    if read.expression is None:
+        measured = "no expression (prediction only)"
+    else:
+        unit = {"st": "spots", "xenium": "cells"}.get(read.kind, "profile")
+        measured = f"{read.expression.n_obs} {unit} × {read.expression.n_vars} genes"
     if read.kind == "st":
         if read.spot_diameter_um is None:
             meta = ctx.root / "metadata" / f"{sample}.json"
@@ -243,7 +251,8 @@ def _read_sample(
             results += check_segmentation(segmentation, subject, dims, read.mpp)
         if any(r.status == "fail" for r in results):
             return results
-    ctx.genes[sample] = set(read.expression.var_names.astype(str))
+    if read.expression is not None:
+        ctx.genes[sample] = set(read.expression.var_names.astype(str))
     return [
         *results,
         Result("slides", subject, "ok", f"{read.slide_path}: {description}, {pixel}; {measured}"),
@@ -314,7 +323,11 @@ def check_cohort(
             f"(or `bitro demo --out {outdir}`), then this cohort can be checked"
         )
         return [Result("slides", name, "skip", text)]
-    rows, results = read_sheet(sheet_path)
+    files: dict[str, str] = {}
+    if is_prediction_only(cohort):
+        rows, files, results = read_slides_sheet_rows(sheet_path)
+    else:
+        rows, results = read_sheet(sheet_path)
     if not root.is_dir():
         return [
             *results,
@@ -327,6 +340,7 @@ def check_cohort(
         mpp_range=limits or mpp_range(config),
         crops_mpp=float(_section(config, "crops").get("mpp", 0.5)),
         segmentation=cohort_segmentation(config, cohort),
+        files=files,
     )
     if ctx.fmt == "tcga":
         ctx.expression, found = _tcga_expression(ctx)

@@ -14,19 +14,23 @@ if TYPE_CHECKING:
 
     from bitro.io.slides import Slide
 
-SampleKind = Literal["st", "bulk", "xenium"]
+SampleKind = Literal["st", "bulk", "xenium", "unlabelled"]
+"""What a sample's expression measures (the levels of :data:`bitro.options.LEVELS`), or ``unlabelled``: a
+slide of a prediction-only layout (:data:`bitro.options.PREDICTION_FORMATS`) with no expression."""
 
 
 @dataclass
 class Sample:
-    """One slide with its expression, as read from HEST-1k, TCGA or Xenium layouts.
+    """One slide with its expression, as read from HEST-1k, TCGA or Xenium layouts, or a slide without
+    expression (the prediction-only ``slides`` layout).
 
     Attributes
     ----------
     sample_id
         The sample's identifier (HEST id, TCGA slide barcode, Xenium section name).
     kind
-        ``"st"`` (spots), ``"bulk"`` (one profile per slide) or ``"xenium"`` (per-cell counts).
+        ``"st"`` (spots), ``"bulk"`` (one profile per slide), ``"xenium"`` (per-cell counts) or
+        ``"unlabelled"`` (no expression: a trained model is only applied to it).
     slide_path
         The H&E whole-slide image.
     mpp
@@ -36,8 +40,10 @@ class Sample:
         ``bulk``: 1 × genes TPM (obs name = ``sample_id``).
         ``xenium``: cells × genes raw counts, ``obsm["spatial"]`` = (x, y) level-0 pixels of the H&E image.
         ``var_names`` are unique gene symbols; ``var["gene_ids"]`` holds Ensembl-style ids when known.
+        ``unlabelled``: ``None``.
     patient_id
-        Patient the sample comes from (HEST ``patient``, TCGA barcode[:12], Xenium section by default).
+        Patient the sample comes from (HEST ``patient``, TCGA barcode[:12], the sheet's ``patient_id`` for
+        ``slides``; the sample itself by default).
     spot_diameter_um
         Spot diameter in µm for ``st``; ``None`` otherwise.
     cells
@@ -51,11 +57,16 @@ class Sample:
     kind: SampleKind
     slide_path: Path
     mpp: float
-    expression: ad.AnnData
+    expression: ad.AnnData | None
     patient_id: str
     spot_diameter_um: float | None = None
     cells: pd.DataFrame | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the sample has measured expression (every kind but ``unlabelled``)."""
+        return self.expression is not None
 
     @property
     def units(self) -> pd.DataFrame | None:
@@ -65,7 +76,7 @@ class Sample:
         and ``in_tissue`` (the layout's flag, true when it has none). Bulk and Xenium slides have no
         measured units: their spot-sized patches come from :func:`bitro.preprocess.units.grid_units`.
         """
-        if self.kind != "st":
+        if self.kind != "st" or self.expression is None:
             return None
         xy = np.asarray(self.expression.obsm["spatial"], dtype=np.float64)
         obs = self.expression.obs

@@ -18,7 +18,7 @@ from typing import Any, Literal, Self
 
 import numpy as np
 
-from bitro.errors import InputError, MissingInputError
+from bitro.errors import InputError, MissingInputError, PixelSizeError
 
 Backend = Literal["openslide", "tifffile", "pyvips"]
 
@@ -443,7 +443,7 @@ class Slide:
             return found.mpp, found.source
         if fallback is not None and _valid_mpp(fallback) is not None:
             return float(fallback), fallback_source
-        raise InputError(
+        raise PixelSizeError(
             self.path,
             "no pixel size (µm/px) in the slide (no openslide.mpp-x, TIFF XResolution with a "
             "centimetre/inch unit, or OME PhysicalSizeX); give it explicitly with mpp=…",

@@ -21,14 +21,22 @@ import pandas as pd
 from scipy import sparse
 
 from bitro._atomic import atomic_path
-from bitro.errors import InputError
+from bitro.errors import ConfigError, InputError
 from bitro.io.sample import Sample
 
 SPACE = {"st": "counts", "xenium": "counts", "bulk": "tpm"}
 
 
 def make_targets(sample: Sample, units: pd.DataFrame) -> ad.AnnData:
-    """Build the targets of ``sample`` on ``units`` (see the module docstring for each level)."""
+    """Build the targets of ``sample`` on ``units`` (see the module docstring for each level).
+
+    Raises
+    ------
+    bitro.errors.ConfigError
+        The sample is unlabelled (the ``slides`` layout): it has no expression to make targets of.
+    """
+    if sample.expression is None:
+        raise ConfigError(sample.slide_path, unlabelled_targets(sample.sample_id))
     if sample.kind == "st":
         adata = _spot_targets(sample, units)
     elif sample.kind == "xenium":
@@ -48,6 +56,15 @@ def make_targets(sample: Sample, units: pd.DataFrame) -> ad.AnnData:
         "params": {"n_units": len(units)},
     }
     return adata
+
+
+def unlabelled_targets(sample_id: str) -> str:
+    """Why an unlabelled sample (the ``slides`` layout) has no targets."""
+    return (
+        f"sample {sample_id!r} is a slide without expression (format slides, prediction only): it has no "
+        "targets; a trained model is applied to it instead (targets are made for the hest, tcga and xenium "
+        "layouts)"
+    )
 
 
 def write_targets(adata: ad.AnnData, path: str | Path) -> None:
