@@ -85,8 +85,12 @@ def sample_inputs(wildcards):
     cohort = COHORTS[wildcards.cohort]
     if cohort.get("generated_by_demo", False):
         return {"source": DEMO_MANIFEST}
+    slide_file = SAMPLES[wildcards.cohort].loc[wildcards.sample].get("file")
     files = layout.sample_files(
-        cohort["format"], Path(cohort["root"]), wildcards.sample
+        cohort["format"],
+        Path(cohort["root"]),
+        wildcards.sample,
+        file=slide_file if pd.notna(slide_file) else None,
     )
     return files.paths()
 
@@ -188,9 +192,11 @@ def sample_args(wildcards):
         f"--root {cohort['root']}",
         f"--sample {wildcards.sample}",
     ]
-    mpp = SAMPLES[wildcards.cohort].loc[wildcards.sample].get("mpp")
-    if pd.notna(mpp):
-        args.append(f"--mpp {float(mpp)}")
+    row = SAMPLES[wildcards.cohort].loc[wildcards.sample]
+    if pd.notna(row.get("mpp")):
+        args.append(f"--mpp {float(row['mpp'])}")
+    if pd.notna(row.get("file")):
+        args.append(f"--slide-file {shlex.quote(str(row['file']))}")
     return " ".join(args)
 
 

@@ -23,9 +23,14 @@ def sheet_patients(path: Path) -> tuple[list[str], list[str] | None]:
     return samples, [p.strip() or s for s, p in zip(samples, sheet["patient_id"], strict=True)]
 
 
-def is_prediction_only(cohort: Mapping[str, Any]) -> bool:
+def measures_nothing(cohort: Mapping[str, Any]) -> bool:
     """Whether a cohort's layout has no expression (:data:`bitro.options.PREDICTION_FORMATS`)."""
     return str(cohort.get("format")) in PREDICTION_FORMATS
+
+
+def is_prediction_only(cohort: Mapping[str, Any]) -> bool:
+    """Whether a cohort is only predicted: its layout has no expression, or it names a model ``bundle``."""
+    return measures_nothing(cohort) or bool(cohort.get("bundle"))
 
 
 def cohort_level(cohort: Mapping[str, Any]) -> str:
@@ -36,7 +41,7 @@ def cohort_level(cohort: Mapping[str, Any]) -> str:
     ValueError
         A prediction-only cohort (``format: slides``) without a ``level``: it measures none.
     """
-    if not cohort.get("level") and is_prediction_only(cohort):
+    if not cohort.get("level") and measures_nothing(cohort):
         raise ValueError(f"a {cohort.get('format')} cohort measures no level: it is only predicted")
     return str(cohort.get("level") or FORMAT_LEVELS.get(str(cohort.get("format")), "xenium"))
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from bitro.doctor.cohort import check_protocol, is_prediction_only
+from bitro.doctor.cohort import check_protocol, measures_nothing
 from bitro.doctor.common import CohortContext, _guard, _section, cohort_segmentation, mpp_range, resolve
 from bitro.doctor.report import Result
 from bitro.errors import BitroError, InputError
@@ -324,7 +324,7 @@ def check_cohort(
         )
         return [Result("slides", name, "skip", text)]
     files: dict[str, str] = {}
-    if is_prediction_only(cohort):
+    if measures_nothing(cohort):
         rows, files, results = read_slides_sheet_rows(sheet_path)
     else:
         rows, results = read_sheet(sheet_path)
