@@ -17,7 +17,13 @@ was trained on (``spot`` or ``bulk``), what its rows are, and a description of t
 
 from __future__ import annotations
 
-from bitro.predict.bulk import bulk_table, read_bulk_table, slide_profile, write_bulk_table
+from bitro.predict.bulk import (
+    bulk_table,
+    gather_profiles,
+    read_bulk_table,
+    slide_profile,
+    write_bulk_table,
+)
 from bitro.predict.cells import cells_anndata, write_cells
 from bitro.predict.heatmaps import heatmap_name, write_heatmaps
 from bitro.predict.qupath import write_cells_qupath
@@ -29,6 +35,7 @@ __all__ = [
     "SlideOutputs",
     "bulk_table",
     "cells_anndata",
+    "gather_profiles",
     "heatmap_name",
     "read_bulk_table",
     "slide_profile",
