@@ -127,7 +127,8 @@ def model_card(record: Mapping[str, Any]) -> str:
         "",
         "## Intended use and limits",
         "",
-        "- Research use: hypotheses, spatial maps and bulk estimates from H&E. Not for diagnosis or treatment.",
+        "- Research use: hypotheses, spatial maps and bulk estimates from H&E. Not for diagnosis or "
+        "treatment.",
         f"- H&E slides like those of {name} (tissue, staining, scanner). Other tissue types or stains are "
         "out of the training distribution; the cross-validation above says nothing about them.",
         "- Slides must be embedded exactly as the training cohort was: bitro refuses another encoder, other "

@@ -1,4 +1,4 @@
-"""``bitro export-model``: a trained model and everything needed to apply it, in one portable folder (and zip).
+"""``bitro export-model``: a trained model and all that applying it needs, in one portable folder and zip.
 
 The bundle folder holds (names in :class:`~bitro.bundle.files.BundleFile`):
 

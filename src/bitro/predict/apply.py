@@ -27,10 +27,10 @@ from bitro.evaluate.predict import SamplePrediction, predict_sample
 from bitro.folds.samples import SampleData, load_sample, sample_features
 from bitro.io.slides import Slide
 from bitro.layout import SampleFile
-from bitro.preprocess.cells import read_cells
-from bitro.preprocess.units import read_units
 from bitro.predict.bulk import bulk_table, write_bulk_table
 from bitro.predict.slide import PredictionFile, SlideOutputs, unit_amounts, write_slide_outputs
+from bitro.preprocess.cells import read_cells
+from bitro.preprocess.units import read_units
 
 log = logging.getLogger("bitro")
 
