@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +56,18 @@ def bundle_sample(bundle: Bundle, sample_dir: str | os.PathLike[str]) -> SampleD
 
 
 def predict_with_bundle(
-    bundle: Bundle, sample_dir: str | os.PathLike[str], *, device: str = "cpu"
+    bundle: Bundle,
+    sample_dir: str | os.PathLike[str],
+    *,
+    sample_id: str | None = None,
+    device: str = "cpu",
 ) -> SamplePrediction:
-    """The bundle's predictions of one sample (units and pseudo-cells, counts or TPM); nothing is written."""
+    """The bundle's predictions of one sample (units and pseudo-cells, counts or TPM); nothing is written.
+
+    ``sample_id`` names the sample in the outputs (default: its folder's name)."""
     sample = bundle_sample(bundle, sample_dir)
+    if sample_id is not None:
+        sample = replace(sample, sample_id=sample_id)
     return predict_sample(bundle.model, sample, bundle.transform, device=device)
 
 
@@ -123,6 +132,7 @@ def apply_bundle(
     mpp: float,
     genes: Sequence[str] | None = None,
     n_genes: int = 6,
+    sample_id: str | None = None,
     device: str = "cpu",
     dpi: int = 150,
 ) -> SlideOutputs:
@@ -140,6 +150,8 @@ def apply_bundle(
         The sample's H&E and its µm per level-0 pixel (the maps are drawn over it).
     genes, n_genes
         Genes of the maps and QuPath measurements: ``genes``, else the bundle's best ``n_genes``.
+    sample_id
+        The sample's name in the outputs (default: its folder's name).
 
     Raises
     ------
@@ -149,7 +161,7 @@ def apply_bundle(
     """
     chosen = chosen_genes(bundle, genes, n_genes)
     check_sample_features(bundle, sample_dir)
-    prediction = predict_with_bundle(bundle, sample_dir, device=device)
+    prediction = predict_with_bundle(bundle, sample_dir, sample_id=sample_id, device=device)
     written = write_bundle_prediction(
         bundle, prediction, sample_dir, out_dir, slide=slide, mpp=mpp, chosen=chosen, dpi=dpi
     )
