@@ -49,7 +49,8 @@ def bundle_sample(bundle: Bundle, sample_dir: str | os.PathLike[str]) -> SampleD
     ``features.npy``), the bundle's phenotypes, cut into bags at the bundle's level; no targets read."""
     folder = Path(sample_dir)
     features, _ = sample_features(folder, scope=bundle.scope, basis=bundle.basis)
-    level = "bulk" if bundle.trained_level == "bulk" else "st"
+    # Bags as the training cohort's were cut (a Xenium cohort's patches ignore the in-tissue flag).
+    level = "bulk" if bundle.trained_level == "bulk" else ("xenium" if bundle.level == "xenium" else "st")
     return load_sample(
         folder, genes=bundle.genes, features=features, phenotypes=bundle.phenotypes, level=level
     )
