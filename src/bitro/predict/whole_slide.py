@@ -36,6 +36,7 @@ import numpy as np
 
 from bitro._atomic import atomic_path
 from bitro.bundle.checks import check_features, chosen_genes
+from bitro.bundle.files import BundleFile
 from bitro.bundle.load import Bundle
 from bitro.errors import BundleMismatchError, InputError
 from bitro.features.embed import embed_crops
@@ -47,7 +48,7 @@ from bitro.io.slides import Slide, open_slide
 from bitro.layout import SampleFile
 from bitro.predict.apply import apply_bundle
 from bitro.predict.slide import PredictionFile, SlideOutputs
-from bitro.preprocess.cells import cells_table, write_cells
+from bitro.preprocess.cells import cells_table, read_cells, write_cells
 from bitro.preprocess.crops import CropParams, write_crops
 from bitro.preprocess.segment import ClassicalParams, segment_classical
 from bitro.preprocess.stain import StainNormalizer, fit_slide_stain, read_reference, write_stain_json
@@ -169,8 +170,6 @@ def _embed(
     else:
         crops = folder / SampleFile.CROPS
         with _stage("crops", slide.path.name):
-            from bitro.preprocess.cells import read_cells
-
             table = read_cells(cells, geometry=False)
             write_crops(
                 slide,
@@ -270,7 +269,7 @@ def predict_slide(
             )
         with _stage("stain", name):
             method = str(bundle.encoder.get("stain_method") or section["stain"].get("method") or "none")
-            reference_path = folder / "stain_reference.json"
+            reference_path = folder / BundleFile.STAIN_REFERENCE
             with atomic_path(reference_path) as tmp:
                 tmp.write_text(json.dumps(bundle.stain_reference))
             reference = read_reference(reference_path, method)
