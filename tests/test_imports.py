@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("folds",),  # splits, samples and bags: what a fold holds
     ("train",),  # the one training pipeline, saved models, transfer policy
     ("evaluate",),  # predicting test samples, baselines, summaries
+    ("bundle",),  # portable model bundles: export, load, compatibility checks
     ("plot", "doctor", "demo"),  # figures, input checks, the synthetic demo
     ("predict",),  # the per-slide prediction files (maps drawn with plot)
     ("accuracy",),  # the accuracy benchmark

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from bitro import __version__
 from bitro.commands import (
     accuracy,
+    bundle,
     cells,
     cohort,
     demo,
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.register(verbs)
     train.register(verbs)
     evaluate.register(verbs)
+    bundle.register(verbs)
     transfer.register(verbs)
     doctor.register(verbs)
     plot.register(verbs)

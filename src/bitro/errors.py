@@ -11,6 +11,8 @@ traceback (a ``ValueError`` or ``TypeError`` is a caller passing the library a w
   pretraining samples that share patients with the target's test samples).
 - :class:`UsageError`: the command line names something that does not exist or lacks an option
   (:class:`TileSettingsError`: tile-token mode cannot run as asked).
+- :class:`BundleError`: a model bundle is incomplete, tampered with, or not a bundle (an :class:`InputError`).
+- :class:`BundleMismatchError`: a bundle and the data it is applied to were made with different settings.
 """
 
 from __future__ import annotations
@@ -77,4 +79,17 @@ class TileSettingsError(UsageError):
     """Tile-token mode cannot run as asked: an encoder without tokens, or tiles that misfit its tokens.
 
     ``path`` names the setting at fault: the option on the command line, the key in the config.
+    """
+
+
+class BundleError(InputError):
+    """A model bundle (``bitro export-model``) is not a bundle, lacks a file, or a file's sha256 differs from
+    the one ``bundle.json`` records; ``path`` names the file at fault."""
+
+
+class BundleMismatchError(BitroError):
+    """A bundle is applied to data made with other settings (encoder, its weights, crops, genes).
+
+    ``path`` names the data's file (e.g. the sample's ``embeddings.json``); the problem names the setting,
+    the bundle's value and the data's.
     """

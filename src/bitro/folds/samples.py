@@ -68,8 +68,13 @@ def load_sample(
     genes: Sequence[str],
     features: np.ndarray,
     phenotypes: Phenotypes | None,
+    level: str | None = None,
 ) -> SampleData:
     """Read one sample's cells, graph, units and targets; ``features`` are its per-cell features.
+
+    ``level`` (``st``, ``bulk`` or ``xenium``) reads a sample for prediction only: ``targets.h5ad`` is not
+    read (a slide without expression has none), the sample is cut into bags as ``level`` says and its
+    targets are NaN (one row per unit, or one for ``bulk``). Without it the level is the targets'.
 
     Raises :class:`InputError` naming the file when the pieces disagree (row counts, genes).
     """
@@ -81,13 +86,17 @@ def load_sample(
         )
     graph = read_graph(sample_dir / "graph.npz")
     units = read_units(sample_dir / "units.parquet")
-    targets_path = require_file(sample_dir / "targets.h5ad", "targets")
-    adata = align_genes(ad.read_h5ad(targets_path), genes, source=targets_path)
-    meta = adata.uns.get("bitro", {})
-    level = str(meta.get("level", "st"))
-    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
-    if level != "bulk" and len(adata) != len(units):
-        raise InputError(targets_path, f"has {len(adata)} rows for {len(units)} units")
+    if level is None:
+        targets_path = require_file(sample_dir / "targets.h5ad", "targets")
+        adata = align_genes(ad.read_h5ad(targets_path), genes, source=targets_path)
+        meta = adata.uns.get("bitro", {})
+        level = str(meta.get("level", "st"))
+        x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+        if level != "bulk" and len(adata) != len(units):
+            raise InputError(targets_path, f"has {len(adata)} rows for {len(units)} units")
+    else:
+        meta = {"space": "tpm" if level == "bulk" else "counts"}
+        x = np.full((1 if level == "bulk" else len(units), len(genes)), np.nan)
     rows = graph.cell_index.astype(np.int64)
     feats = np.asarray(features[rows], dtype=np.float32)
     centres = units[["x_um", "y_um"]].to_numpy(np.float64)[graph.unit_ids]

@@ -9,7 +9,10 @@ One module per output, each a function that takes arrays and tables and writes o
   pseudo-bulk of a spot model's units);
 - :mod:`bitro.predict.qupath`: ``cells.geojson``, cells with their predicted genes as QuPath measurements;
 - :mod:`bitro.predict.heatmaps`: one PNG per chosen gene, drawn over the slide's H&E;
-- :mod:`bitro.predict.slide`: all of the above for one slide, its H&E read once.
+- :mod:`bitro.predict.slide`: all of the above for one slide, its H&E read once;
+- :mod:`bitro.predict.apply`: a model bundle applied to one sample folder (the above and ``profile.tsv``);
+- :mod:`bitro.predict.whole_slide`: a bare slide through every per-sample step, then the above
+  (``bitro predict-slide``; docs/predict.md).
 
 Every h5ad records in ``uns["bitro"]`` its values' space (``counts`` or ``tpm``), the level the model
 was trained on (``spot`` or ``bulk``), what its rows are, and a description of the model it came from.
@@ -17,7 +20,13 @@ was trained on (``spot`` or ``bulk``), what its rows are, and a description of t
 
 from __future__ import annotations
 
-from bitro.predict.bulk import bulk_table, read_bulk_table, slide_profile, write_bulk_table
+from bitro.predict.bulk import (
+    bulk_table,
+    gather_profiles,
+    read_bulk_table,
+    slide_profile,
+    write_bulk_table,
+)
 from bitro.predict.cells import cells_anndata, write_cells
 from bitro.predict.heatmaps import heatmap_name, write_heatmaps
 from bitro.predict.qupath import write_cells_qupath
@@ -29,6 +38,7 @@ __all__ = [
     "SlideOutputs",
     "bulk_table",
     "cells_anndata",
+    "gather_profiles",
     "heatmap_name",
     "read_bulk_table",
     "slide_profile",

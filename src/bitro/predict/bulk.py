@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bitro._atomic import atomic_path
+from bitro.errors import InputError
 from bitro.io.validate import require_file
 from bitro.predict._record import amounts, check_level, check_space, gene_names
 
@@ -101,3 +102,31 @@ def write_bulk_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 def read_bulk_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read ``bulk.tsv`` back (sample ids as strings)."""
     return pd.read_csv(require_file(path, "bulk profiles"), sep="\t", dtype={"sample_id": str})
+
+
+def gather_profiles(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+    """One ``bulk.tsv`` of many slides' one-row profiles (``profile.tsv``), in the order given.
+
+    Raises
+    ------
+    InputError
+        A profile whose genes, space or level differ from the first's, or a slide given twice.
+    """
+    tables = [read_bulk_table(p) for p in paths]
+    if not tables:
+        raise ValueError("no profiles to gather")
+    first = tables[0]
+    for path, table in zip(paths, tables, strict=True):
+        missing = [c for c in META_COLUMNS if c not in table]
+        if missing:
+            raise InputError(path, f"lacks the columns {missing} of a bitro profile")
+        if list(table.columns) != list(first.columns):
+            raise InputError(path, f"holds other genes than {paths[0]}")
+        for column in ("space", "trained_level"):
+            if set(table[column].astype(str)) != set(first[column].astype(str)):
+                raise InputError(path, f"has another {column} than {paths[0]}")
+    table = pd.concat(tables, ignore_index=True)
+    twice = table["sample_id"][table["sample_id"].duplicated()].tolist()
+    if twice:
+        raise InputError(paths[0], f"slides given twice: {twice[:5]}")
+    return table

@@ -34,6 +34,10 @@ class PredictionFile:
     CELLS: Final = "cells.h5ad"
     CELLS_GEOJSON: Final = "cells.geojson"
     MAPS: Final = "maps"
+    #: The slide's one row of ``bulk.tsv`` (:func:`bitro.predict.bulk.gather_profiles` collects them).
+    PROFILE: Final = "profile.tsv"
+    #: ``bitro predict-slide``: the slide's per-sample files (units, cells, embeddings, graph) go here.
+    SAMPLE: Final = "sample"
 
 
 def unit_amounts(profiles: np.ndarray, cell_unit: np.ndarray, n_units: int) -> np.ndarray:
