@@ -50,6 +50,7 @@ rule export_model:
         "bitro export-model --model-dir {params.model_dir} {params.basis} "
         "--stain-reference {input.reference} --embeddings-description {input.description} "
         "--settings-json {params.settings} --cohort-json {params.cohort} --cv-metrics {input.metrics} "
+        "--gene-pcc {input.gene_pcc} "
         "--out {output.bundle} > {log} 2>&1"
 
 

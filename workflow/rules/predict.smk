@@ -9,7 +9,8 @@ rule unpack_bundle:
     input:
         lambda wc: repo_path(COHORTS[wc.cohort]["bundle"]),
     output:
-        directory(layout.cohort_dir() / FoldFile.BUNDLE),
+        bundle=directory(layout.cohort_dir() / FoldFile.BUNDLE),
+        reference=layout.cohort_dir() / BundleFile.STAIN_REFERENCE,
     log:
         LOGS / "unpack_bundle" / "{cohort}.log",
     localrule: True
@@ -20,7 +21,8 @@ rule unpack_bundle:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m zipfile -e {input} {output} > {log} 2>&1"
+        "(python -m zipfile -e {input} {output.bundle} && "
+        "cp {output.bundle}/{BundleFile.STAIN_REFERENCE} {output.reference}) > {log} 2>&1"
 
 
 rule predict_slide:

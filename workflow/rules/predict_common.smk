@@ -34,6 +34,7 @@ def export_inputs(wildcards):
         "description": sample_dir(wildcards.cohort, first)
         / SampleFile.EMBEDDINGS_DESCRIPTION,
         "metrics": layout.cohort_dir(wildcards.cohort) / CohortFile.METRICS,
+        "gene_pcc": plot_files(wildcards.cohort)["pcc_table"],
     }
     if TRAINING["feature_scope"] == "cohort":
         inputs["basis"] = final / FoldFile.PCA
@@ -135,10 +136,15 @@ def cohort_setting(cohort, section):
 
 
 def stain_reference_input(wildcards):
-    """The stain reference a sample is mapped to: a predicted cohort's bundle's, else the run's."""
-    if wildcards.cohort in PREDICTED:
-        return bundle_path(wildcards.cohort) / BundleFile.STAIN_REFERENCE
-    return STAIN_REFERENCE
+    """The stain reference a sample is mapped to: a predicted cohort's bundle's, else the run's (which a
+    bundle of this run carries)."""
+    cohort = wildcards.cohort
+    if cohort not in PREDICTED or COHORTS[cohort]["bundle"] in EVALUATED:
+        return STAIN_REFERENCE
+    path = repo_path(COHORTS[cohort]["bundle"])
+    if path.suffix == ".zip":
+        return layout.cohort_dir(cohort) / BundleFile.STAIN_REFERENCE
+    return path / BundleFile.STAIN_REFERENCE
 
 
 def predicted_slide_files(cohort, name):

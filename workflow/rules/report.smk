@@ -51,7 +51,7 @@ def plot_inputs(cohort):
     return inputs
 
 
-for plot_cohort in COHORTS:
+for plot_cohort in EVALUATED:
 
     rule:
         name:
