@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import anndata as ad
@@ -17,11 +18,14 @@ import pytest
 import yaml
 from scipy import sparse, stats
 
+from bitro.bundle import BundleFile, load_bundle
 from bitro.demo.project import write_small_project
 from bitro.features.embeddings import read_embeddings
 from bitro.features.graph import read_graph
 from bitro.folds.splits import read_folds
 from bitro.io import read_sample
+from bitro.layout import FINAL_FOLD
+from bitro.predict.apply import predict_with_bundle
 from bitro.preprocess.cells import read_cells
 from bitro.preprocess.crops import read_crops
 from bitro.preprocess.targets import make_targets
@@ -54,8 +58,10 @@ def test_demo_dag_has_one_units_and_targets_job_per_sample() -> None:
         for c in ("st", "bulk", "xenium")
     )
     assert counts["generate_demo"] == 1
-    for rule in ("tissue", "units", "stain", "cells", "crops", "embed", "reduce", "graph", "targets"):
-        assert counts[rule] == n_samples == 19, rule
+    # The unlabelled slide (demo_slides) is preprocessed like the others, has no targets, and is predicted.
+    for rule in ("tissue", "units", "stain", "cells", "crops", "embed", "reduce", "graph"):
+        assert counts[rule] == n_samples + 1 == 20, rule
+    assert counts["targets"] == n_samples and counts["predict_slide"] == 1 and counts["export_model"] == 1
     assert "segment_cellvit" not in counts and "stain_reference" not in counts
 
 
@@ -134,7 +140,14 @@ def test_real_layout_inputs_are_the_sample_files(tmp_path: Path) -> None:
 
 
 #: Rules that only gather other rules' tables or files: run on the submitting node, no benchmark.
-AGGREGATIONS = {"cohort_metrics", "transfer_metrics", "demo_summary", "ablation_metrics", "ablations"}
+AGGREGATIONS = {
+    "cohort_metrics",
+    "transfer_metrics",
+    "demo_summary",
+    "ablation_metrics",
+    "ablations",
+    "predicted_profiles",
+}
 
 
 def test_every_rule_that_does_work_is_benchmarked() -> None:
@@ -202,6 +215,7 @@ def small_demo_project(workdir: Path) -> dict[str, list[str]]:
             "baselines": {"mlp_epochs": 2},
             "crops": {"keep": True},  # read back below
         },
+        predicted=True,
     )
 
 
@@ -259,6 +273,26 @@ def check_evaluation(results: Path) -> None:
         summary = pd.read_csv(cohort / "metrics.tsv", sep="\t")
         assert summary["fold"].tolist()[-2:] == ["mean", "std"]
         assert len(summary) == summary.groupby(["level", "space"]).ngroups * (len(folds.folds) + 2)
+
+
+def check_predicted(results: Path, slides: list[str]) -> None:
+    """The final model of small_st is bundled; its bundle, loaded from the zip, predicts the unlabelled
+    slide as the workflow's predict_slide did, and every patch of the slide's tissue is predicted."""
+    final = results / "small_st" / FINAL_FOLD
+    assert read_folds(final / "folds.json").fold(FINAL_FOLD).test == []
+    bundle = load_bundle(final / "bundle.zip")
+    assert bundle.genes == (results / "small_st" / "genes.txt").read_text().split()
+    profiles = pd.read_csv(results / "small_slides" / "predictions" / "bulk.tsv", sep="\t")
+    assert profiles["sample_id"].tolist() == slides
+    for sample_id in slides:
+        out = results / "small_slides" / "predictions" / sample_id
+        spots = ad.read_h5ad(out / "spots.h5ad")
+        again = predict_with_bundle(bundle, results / "small_slides" / "samples" / sample_id)
+        assert spots.var_names.tolist() == bundle.genes
+        rows = pd.Index(spots.obs["unit_id"].to_numpy()).get_indexer(again.unit_ids)
+        assert (rows >= 0).all() and len(rows) > 0
+        assert np.allclose(dense(spots.X)[rows], again.prediction, rtol=1e-5, atol=1e-6)
+        assert sample_id in spots.uns["spatial"] and (out / "cells.geojson").stat().st_size > 0
 
 
 def kill_during_training(workdir: Path, target: Path, timeout: float = 1800) -> int:
@@ -329,6 +363,7 @@ def test_small_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
             assert np.array_equal(cells["unit_id"].to_numpy()[src], cells["unit_id"].to_numpy()[dst])
 
     check_evaluation(results)
+    check_predicted(results, ids["slides"])
 
     again = snakemake(tmp_path, "--dry-run")
     assert "Nothing to be done" in again.stdout, again.stdout
@@ -346,7 +381,7 @@ def test_small_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     for verb in ("cells", "crops", "embed", "graph"):
         runs = [command for command in commands if command.startswith(f"bitro {verb} ")]
         assert len(runs) == 1 and f"/{ids['hest'][0]}/" in runs[0], (verb, runs)
-    others = [*ids["hest"][1:], *ids["tcga"], *ids["xenium"]]
+    others = [*ids["hest"][1:], *ids["tcga"], *ids["xenium"], *ids["slides"]]
     assert not [c for c in commands if any(f"/{other}/" in c or f" {other} " in c for other in others)]
 
 
@@ -455,3 +490,80 @@ def test_precomputed_segmentation_path_per_sample(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout
     assert "--backend precomputed --segmentation seg/TENX1.json" in done.stdout
     assert "--stain" not in done.stdout.split("bitro cells")[1].split("\n")[0]
+
+
+def _bundle_project(tmp_path: Path, features: dict[str, object], *, as_zip: bool = True) -> None:
+    """A project whose one cohort, two bare slides, is predicted by a bundle made elsewhere."""
+    record = {"format": "bitro-bundle/1", "settings": {"features": features, "crops": {"mpp": 0.25}}}
+    folder = tmp_path / "models" / "brca"
+    folder.mkdir(parents=True)
+    (folder / BundleFile.RECORD).write_text(json.dumps(record))
+    (folder / BundleFile.STAIN_REFERENCE).write_text("{}")
+    bundle = "models/brca"
+    if as_zip:
+        with zipfile.ZipFile(tmp_path / "models" / "brca.zip", "w") as archive:
+            for path in folder.iterdir():
+                archive.write(path, path.name)
+        bundle = "models/brca.zip"
+    (tmp_path / "slides").mkdir()
+    for name in ("S1.svs", "S2.tif"):
+        (tmp_path / "slides" / name).write_text("")
+    cohort = {"format": "slides", "root": "slides", "samples": "s.tsv", "bundle": bundle}
+    write_project(tmp_path, {"cohorts": {"mine": cohort}}, {"s.tsv": "sample_id\tmpp\nS1\t0.5\nS2\t\n"})
+
+
+#: The feature settings of the default config, as a bundle of the same run would record them.
+SAME_FEATURES = {
+    "encoder": "efficientnet_lite0",
+    "image_size": 48,
+    "pooling": None,
+    "mode": "crop",
+    "graph_k": 8,
+}
+
+
+@pytest.mark.parametrize("as_zip", [True, False], ids=["zip", "folder"])
+def test_a_slides_cohort_is_predicted_with_its_bundles_settings(tmp_path: Path, as_zip: bool) -> None:
+    """Bare slides get the per-sample steps with the bundle's stain reference and crop pixel size, then
+    its predictions; nothing trains or is scored, and no sample needs a patient."""
+    _bundle_project(tmp_path, SAME_FEATURES, as_zip=as_zip)
+    done = snakemake(tmp_path, "--dry-run", "--printshellcmds", "--forceall")
+    assert done.returncode == 0, done.stdout
+    counts = job_counts(done.stdout)
+    assert counts["predict_slide"] == counts["embed"] == counts["stain"] == 2
+    assert counts["predicted_profiles"] == 1 and counts.get("unpack_bundle", 0) == int(as_zip)
+    for rule in ("targets", "genes", "folds", "train", "predict", "baselines", "export_model"):
+        assert rule not in counts, rule
+    reference = "results/mine/stain_reference.json" if as_zip else "models/brca/stain_reference.json"
+    assert f"--reference {reference}" in done.stdout
+    assert (
+        "--crop-mpp 0.25" in done.stdout
+        and "--format slides --root slides --sample S1 --mpp 0.5" in done.stdout
+    )
+    assert "results/mine/predictions/S2/spots.h5ad" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"encoder": "dinov3_vitl16"}, "features.encoder = 'dinov3_vitl16'"),
+        ({"graph_k": 12}, "features.graph_k = 12"),
+    ],
+    ids=["encoder", "graph-k"],
+)
+def test_a_bundle_embedded_otherwise_stops_the_dry_run(tmp_path: Path, change: dict, message: str) -> None:
+    _bundle_project(tmp_path, SAME_FEATURES | change)
+    done = snakemake(tmp_path, "--dry-run")
+    assert done.returncode != 0 and message in done.stdout and "cohort 'mine'" in done.stdout, done.stdout
+
+
+def test_a_bundle_that_is_not_one_or_a_slides_cohort_without_one_is_refused(tmp_path: Path) -> None:
+    _bundle_project(tmp_path, SAME_FEATURES, as_zip=False)
+    (tmp_path / "models" / "brca" / BundleFile.RECORD).unlink()
+    done = snakemake(tmp_path, "--dry-run")
+    assert done.returncode != 0 and "is not a bitro model bundle" in done.stdout, done.stdout
+    config = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+    del config["cohorts"]["mine"]["bundle"]
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    done = snakemake(tmp_path, "--dry-run")
+    assert done.returncode != 0 and "bundle" in done.stdout and "required" in done.stdout, done.stdout

@@ -40,6 +40,13 @@ def load_sample_sheet(cohort):
     duplicated = sheet["sample_id"][sheet["sample_id"].duplicated()].tolist()
     if duplicated:
         raise ValueError(f"{path}: duplicated sample_id {duplicated}")
+    # Splits group a patient's samples: a cohort that trains names every sample's patient.
+    if "bundle" not in COHORTS[cohort] and (
+        "patient_id" not in sheet or sheet["patient_id"].isna().any()
+    ):
+        raise ValueError(
+            f"{path}: patient_id is required for every sample of a cohort that trains"
+        )
     return sheet.set_index("sample_id", drop=False)
 
 

@@ -13,6 +13,8 @@ rule unpack_bundle:
         reference=layout.cohort_dir() / BundleFile.STAIN_REFERENCE,
     log:
         LOGS / "unpack_bundle" / "{cohort}.log",
+    benchmark:
+        BENCHMARKS / "unpack_bundle" / "{cohort}.tsv"
     localrule: True
     conda:
         "../../envs/bitro.yaml"
@@ -20,9 +22,11 @@ rule unpack_bundle:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        reference=BundleFile.STAIN_REFERENCE,
     shell:
         "(python -m zipfile -e {input} {output.bundle} && "
-        "cp {output.bundle}/{BundleFile.STAIN_REFERENCE} {output.reference}) > {log} 2>&1"
+        "cp {output.bundle}/{params.reference} {output.reference}) > {log} 2>&1"
 
 
 rule predict_slide:

@@ -80,7 +80,9 @@ def bundle_path(cohort):
     if source in EVALUATED:
         return layout.fold_dir(source, layout.FINAL_FOLD) / FoldFile.BUNDLE
     path = repo_path(source)
-    return layout.cohort_dir(cohort) / FoldFile.BUNDLE if path.suffix == ".zip" else path
+    return (
+        layout.cohort_dir(cohort) / FoldFile.BUNDLE if path.suffix == ".zip" else path
+    )
 
 
 def _read_bundle_record(cohort):
@@ -149,7 +151,8 @@ def stain_reference_input(wildcards):
 
 def predicted_slide_files(cohort, name):
     return [
-        layout.predictions_dir(cohort, sample) / name for sample in SAMPLES[cohort].index
+        layout.predictions_dir(cohort, sample) / name
+        for sample in SAMPLES[cohort].index
     ]
 
 

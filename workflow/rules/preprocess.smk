@@ -45,9 +45,7 @@ rule units:
     params:
         sample=sample_args,
         patch=lambda wc: cohort_setting(wc.cohort, "units")["patch_size_um"],
-        tissue=lambda wc: cohort_setting(wc.cohort, "units")[
-            "min_tissue_fraction"
-        ],
+        tissue=lambda wc: cohort_setting(wc.cohort, "units")["min_tissue_fraction"],
     shell:
         "bitro units {params.sample} --tissue {input.tissue} --patch-size-um {params.patch} "
         "--min-tissue-fraction {params.tissue} --out {output} > {log} 2>&1"

@@ -15,6 +15,7 @@ import yaml
 
 from bitro.demo.cohorts import demo_sample_ids
 from bitro.demo.config import preset
+from bitro.demo.unlabelled import UNLABELLED_DIR, UNLABELLED_IDS
 from bitro.layout import demo_data_dir
 
 #: (layout, level) of each cohort; the cohort is named ``small_{level}``.
@@ -28,12 +29,13 @@ SMALL_SETTINGS: dict[str, Any] = {
 
 
 def write_small_project(
-    workdir: Path, *, seed: int = 3, settings: Mapping[str, Any] | None = None
+    workdir: Path, *, seed: int = 3, settings: Mapping[str, Any] | None = None, predicted: bool = False
 ) -> dict[str, list[str]]:
     """Write ``config/config.yaml`` and ``config/{layout}.tsv`` into ``workdir``.
 
-    ``settings`` are top-level config sections added to (or replacing) :data:`SMALL_SETTINGS`.
-    Returns the sample ids of each layout.
+    ``settings`` are top-level config sections added to (or replacing) :data:`SMALL_SETTINGS`. With
+    ``predicted``, the demo's unlabelled slide is a cohort ``small_slides`` (``config/slides.tsv``)
+    predicted by the bundle of ``small_st``'s final model. Returns the sample ids of each layout.
     """
     ids = demo_sample_ids(preset("small", seed=seed))
     (workdir / "config").mkdir(parents=True, exist_ok=True)
@@ -50,6 +52,17 @@ def write_small_project(
             "generated_by_demo": True,
         }
     cohorts["small_xenium"]["segmentation"] = {"backend": "precomputed"}
+    if predicted:
+        sheet = pd.DataFrame({"sample_id": list(UNLABELLED_IDS)})
+        sheet.to_csv(workdir / "config" / "slides.tsv", sep="\t", index=False)
+        cohorts["small_slides"] = {
+            "format": "slides",
+            "root": str(demo_data_dir() / UNLABELLED_DIR),
+            "samples": "config/slides.tsv",
+            "generated_by_demo": True,
+            "bundle": "small_st",
+        }
+        ids = {**ids, "slides": list(UNLABELLED_IDS)}
     config = {
         **SMALL_SETTINGS,
         **(settings or {}),
