@@ -12,7 +12,13 @@ from scipy import stats
 
 from bitro.cli import main
 from bitro.errors import InputError
-from bitro.evaluate.summary import ablation_table, demo_summary, out_of_fold_rows, summarise_cohort
+from bitro.evaluate.summary import (
+    ablation_table,
+    demo_summary,
+    out_of_fold_rows,
+    summarise_cohort,
+    summarise_transfer,
+)
 from bitro.metrics import metric_rows
 
 RNG = np.random.default_rng(7)
@@ -193,3 +199,179 @@ def test_out_of_fold_rows_score_the_pooled_test_slides(tmp_path: Path) -> None:
     # A slide tested by two folds is not an out-of-fold prediction.
     with pytest.raises(InputError, match="each unit tested once"):
         out_of_fold_rows([files[0][0], files[0][0]])
+
+
+TARGET_GENES = [f"T{g}" for g in range(6)]
+#: The transfer's genes: half of the target's, in another order (genes are matched by name).
+SHARED = ["T4", "T1", "T2"]
+
+
+def spot_fold(folder: Path, fold: str, samples: dict[str, int], rng: np.random.Generator) -> dict:
+    """A target fold as predict and baselines write it, and a transfer's predictions of the same units.
+
+    The target's files hold the units in another order and one more unit than the transfer scored; shared
+    gene ``T2`` is constant in the first sample's truth (undefined there for every model).
+    """
+    folder.mkdir(parents=True)
+    names = [f"{s}:{i}" for s, n in samples.items() for i in range(n)]
+    groups = np.array([s for s, n in samples.items() for _ in range(n)])
+    truth = rng.gamma(2.0, 5.0, (len(names), len(TARGET_GENES)))
+    truth[groups == next(iter(samples)), TARGET_GENES.index("T2")] = 4.0
+    models = {m: truth * rng.lognormal(0, s, truth.shape) for m, s in (("bitro", 0.3), ("mlp", 0.5))}
+    # One value per gene for every unit, like the training mean: no per-gene PCC, a PCC overall.
+    models["training_mean"] = np.tile(rng.gamma(2.0, 5.0, len(TARGET_GENES)), (len(names), 1))
+    extra = rng.gamma(2.0, 5.0, (1, len(TARGET_GENES)))
+    order = np.arange(len(names) + 1)[::-1]  # the extra unit first, then the units reversed
+
+    def target_file(values: dict[str, np.ndarray]) -> ad.AnnData:
+        obs = pd.DataFrame({"sample_id": [*groups, groups[0]]}, index=[*names, "extra:0"]).iloc[order]
+        stacked = {k: np.vstack([v, extra])[order] for k, v in values.items()}
+        return ad.AnnData(X=stacked.pop("X"), obs=obs, var=pd.DataFrame(index=TARGET_GENES), layers=stacked)
+
+    bitro = target_file({"X": models["bitro"], "truth": truth})
+    bitro.obs["scored"] = True
+    bitro.uns["bitro"] = {"metrics": {"model": ["bitro"], "level": ["spot"], "space": ["log1p counts"]}}
+    bitro.uns["bitro"]["params"] = {"fold": fold}
+    bitro.write_h5ad(folder / "predictions.h5ad")
+    base = target_file(
+        {"X": truth, "truth": truth, "mlp": models["mlp"], "training_mean": models["training_mean"]}
+    )
+    base.uns["bitro"] = {
+        "fold": fold,
+        "level": "spot",
+        "spaces": ["log1p counts"],
+        "models": ["mlp", "training_mean"],
+    }
+    base.write_h5ad(folder / "baselines.h5ad")
+
+    columns = [TARGET_GENES.index(g) for g in SHARED]
+    transfer = truth[:, columns] * rng.lognormal(0, 0.6, (len(names), len(SHARED)))
+    obs = pd.DataFrame({"sample_id": groups, "scored": True}, index=names)
+    out = folder / "transfer"
+    out.mkdir()
+    adata = ad.AnnData(
+        X=transfer, obs=obs, var=pd.DataFrame(index=SHARED), layers={"truth": truth[:, columns]}
+    )
+    rows = metric_rows(
+        truth[:, columns], transfer, SHARED, groups, level="spot", spaces=["log1p counts"],
+        model="bitro_transfer_lora", fold=fold,
+    )  # fmt: skip
+    adata.uns["bitro"] = {
+        "metrics": pd.DataFrame(rows).astype(str).to_dict(orient="list"),
+        "params": {"fold": fold},
+    }
+    adata.write_h5ad(out / "predictions.h5ad")
+    pd.DataFrame(rows).to_csv(out / "metrics.tsv", sep="\t", index=False)
+    return {"truth": truth, "groups": groups, "models": models, "dir": folder}
+
+
+def pcc(a: np.ndarray, b: np.ndarray) -> float:
+    return float("nan") if np.ptp(a) == 0 or np.ptp(b) == 0 else float(stats.pearsonr(a, b)[0])
+
+
+def by_hand(truth: np.ndarray, prediction: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """Per-sample PCC gene, PCC overall and RMSE (log1p) on the shared genes, scipy and numpy only."""
+    columns = [TARGET_GENES.index(g) for g in SHARED]
+    t, p = np.log1p(truth[:, columns]), np.log1p(prediction[:, columns])
+    per_sample: dict[str, list[float]] = {"pcc_gene": [], "pcc_overall": [], "rmse": []}
+    for sample in dict.fromkeys(groups):
+        rows = groups == sample
+        genes = [pcc(t[rows, g], p[rows, g]) for g in range(len(SHARED))]
+        units = [pcc(t[u], p[u]) for u in np.flatnonzero(rows)]
+        per_sample["pcc_gene"].append(np.nanmean(genes) if np.isfinite(genes).any() else np.nan)
+        per_sample["pcc_overall"].append(np.nanmean(units))
+        per_sample["rmse"].append(np.sqrt(np.mean((t[rows] - p[rows]) ** 2)))
+    return {k: float(np.nanmean(v)) if np.isfinite(v).any() else np.nan for k, v in per_sample.items()}
+
+
+def transfer_case(tmp_path: Path) -> list[dict]:
+    rng = np.random.default_rng(11)
+    return [
+        spot_fold(tmp_path / "fold0", "fold0", {"A": 9, "B": 7}, rng),
+        spot_fold(tmp_path / "fold1", "fold1", {"C": 8}, rng),
+    ]
+
+
+def test_transfer_table_scores_the_target_models_on_the_shared_genes(tmp_path: Path) -> None:
+    folds = transfer_case(tmp_path)
+    table = summarise_transfer(
+        [f["dir"] / "transfer" / "metrics.tsv" for f in folds],
+        tmp_path / "metrics.tsv",
+        predictions=[f["dir"] / "transfer" / "predictions.h5ad" for f in folds],
+        references=[f["dir"] / name for f in folds for name in ("predictions.h5ad", "baselines.h5ad")],
+    )
+    assert table.columns[:7].tolist() == ["fold", "model", "level", "space", "scope", "run", "genes"]
+    assert (table["genes"] == "shared: 3 of 6").all()
+    runs = table.groupby("model", sort=False)["run"].first().to_dict()
+    assert runs == {
+        "bitro_transfer_lora": "transfer",
+        "bitro": "target cohort",
+        "mlp": "target cohort",
+        "training_mean": "target cohort",
+    }
+    indexed = table.set_index(["model", "fold"])
+    for model in ("bitro", "mlp", "training_mean"):
+        for k, fold in enumerate(folds):
+            expected = by_hand(fold["truth"], fold["models"][model], fold["groups"])
+            row = indexed.loc[(model, f"fold{k}")]
+            assert row["n_units"] == len(fold["groups"])  # the transfer's units, not the extra one
+            for column, value in expected.items():
+                assert np.isclose(row[column], value, equal_nan=True), (model, k, column)
+        means = [by_hand(f["truth"], f["models"][model], f["groups"])["pcc_overall"] for f in folds]
+        assert np.isclose(indexed.loc[(model, "mean"), "pcc_overall"], np.mean(means))
+        assert np.isclose(indexed.loc[(model, "std"), "pcc_overall"], np.std(means, ddof=1))
+    # The transfer's own rows are its folds' tables, untouched.
+    fold0 = pd.read_csv(folds[0]["dir"] / "transfer" / "metrics.tsv", sep="\t").iloc[0]
+    assert indexed.loc[("bitro_transfer_lora", "fold0"), "pcc_gene"] == fold0["pcc_gene"]
+    assert pd.read_csv(tmp_path / "metrics.tsv", sep="\t").shape == table.shape
+    # A K-fold bulk target pools the folds: the target's models get their out_of_fold rows on those genes.
+    pooled = summarise_transfer(
+        [f["dir"] / "transfer" / "metrics.tsv" for f in folds],
+        tmp_path / "pooled.tsv",
+        predictions=[f["dir"] / "transfer" / "predictions.h5ad" for f in folds],
+        references=[f["dir"] / name for f in folds for name in ("predictions.h5ad", "baselines.h5ad")],
+        pooled=True,
+    ).set_index(["model", "fold"])
+    assert {m for m, fold in pooled.index if fold == "out_of_fold"} == set(runs)
+    stacked = [np.concatenate([f[key] for f in folds]) for key in ("truth", "groups")]
+    everything = by_hand(stacked[0], np.concatenate([f["models"]["mlp"] for f in folds]), stacked[1])
+    assert np.isclose(pooled.loc[("mlp", "out_of_fold"), "rmse"], everything["rmse"])
+
+
+def test_transfer_rows_and_target_rows_name_the_same_genes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folds = transfer_case(tmp_path)
+    out = tmp_path / "metrics.tsv"
+    argv = ["transfer-summary", "--metrics", *(str(f["dir"] / "transfer" / "metrics.tsv") for f in folds)]
+    argv += ["--predictions", *(str(f["dir"] / "transfer" / "predictions.h5ad") for f in folds)]
+    references = [str(f["dir"] / name) for f in folds for name in ("predictions.h5ad", "baselines.h5ad")]
+    assert main([*argv, "--reference", *references, "--out", str(out)]) == 0
+    table = pd.read_csv(out, sep="\t", keep_default_na=False)
+    fold_rows = table[table["fold"].isin(["fold0", "fold1"])]
+    assert (fold_rows["n_genes"] == len(SHARED)).all()
+    # T2, constant in one test sample, is the one undefined gene of every model but the constant one: the
+    # transfer and the target's models were scored on the very same names.
+    fold0 = fold_rows[(fold_rows["fold"] == "fold0") & (fold_rows["model"] != "training_mean")]
+    assert set(fold0["undefined_genes"]) == {"T2"} and len(fold0) == 3
+    assert set(table.loc[table["model"] == "training_mean", "undefined_genes"]) == {";".join(SHARED)}
+    # The demo summary and the ablation table say which genes each row of a transfer table is scored on.
+    headline = demo_summary({"st": ("leave-one-out", [out])}, tmp_path / "s.tsv")
+    assert headline["model"].tolist() == [
+        f"{m} (shared: 3 of 6 genes)" for m in ("bitro_transfer_lora", "bitro", "mlp", "training_mean")
+    ]
+    ablation = ablation_table({"st": [out]}, tmp_path / "table.tsv")
+    assert list(zip(ablation["type"], ablation["configuration"], strict=True)) == [
+        ("base", "standard (shared: 3 of 6 genes)"),
+        ("transfer (lora)", "standard"),
+    ]
+    # A target file without a shared gene cannot be compared.
+    short = ad.read_h5ad(references[1])[:, ["T0", "T1", "T2"]].copy()
+    short.write_h5ad(tmp_path / "short.h5ad")
+    with pytest.raises(InputError, match="lacks shared genes"):
+        summarise_transfer(
+            [f["dir"] / "transfer" / "metrics.tsv" for f in folds],
+            tmp_path / "t.tsv",
+            predictions=[f["dir"] / "transfer" / "predictions.h5ad" for f in folds],
+            references=[tmp_path / "short.h5ad"],
+        )

@@ -79,7 +79,8 @@ def test_cohort_training_overrides_and_out_of_fold_pooling_reach_the_commands(tm
     """The bulk cohort's own `training` goes to its train jobs only; 5 bulk folds pool into the summaries."""
     five_folds = tmp_path / "five_folds.yaml"
     five_folds.write_text(yaml.safe_dump({"evaluation": {"bulk_folds": 5}}))
-    targets = ("demo_bulk", "demo_st", "--dry-run", "--forceall", "--printshellcmds")
+    transfer = "results/transfer/demo_st_to_demo_bulk/metrics.tsv"
+    targets = ("demo_bulk", "demo_st", transfer, "--dry-run", "--forceall", "--printshellcmds")
     done = snakemake(ROOT, *targets, "--configfile", "config/config.yaml", str(five_folds))
     assert done.returncode == 0, done.stdout
     commands = [line for line in done.stdout.splitlines() if line.startswith("Shell command: bitro ")]
@@ -99,6 +100,15 @@ def test_cohort_training_overrides_and_out_of_fold_pooling_reach_the_commands(tm
     assert "--baseline-predictions results/demo_bulk/fold0/baselines.h5ad" in bulk_summary
     (st_summary,) = [c for c in commands if "bitro summarise" in c and "results/demo_st/fold0/" in c]
     assert "--predictions  --baseline-predictions  --out" in st_summary  # leave-one-out does not pool
+    # The transfer's table re-scores the target's own BiTro and baselines, every fold, on its genes.
+    (transfer_summary,) = [c for c in commands if "bitro transfer-summary" in c]
+    references = transfer_summary.split("--reference ")[1].split(" --")[0].split()
+    assert references == [
+        f"results/demo_bulk/fold{k}/{name}"
+        for name in ("predictions.h5ad", "baselines.h5ad")
+        for k in range(5)
+    ]
+    assert "--out-of-fold" in transfer_summary
 
 
 @pytest.mark.parametrize(

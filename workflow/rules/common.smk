@@ -428,6 +428,15 @@ def transfer_fold_files(wildcards, name):
     ]
 
 
+def transfer_reference_files(wildcards):
+    """The target's own folds' predictions and baselines, re-scored on the transfer's shared genes."""
+    return [
+        path
+        for name in (FoldFile.PREDICTIONS, FoldFile.BASELINE_PREDICTIONS)
+        for path in fold_files(wildcards.target, name)
+    ]
+
+
 def _as_cohort(wildcards, cohort):
     """The wildcards of ``cohort``'s own rules for the same fold (transfer rules name two cohorts)."""
     return SimpleNamespace(cohort=cohort, fold=getattr(wildcards, "fold", "fold0"))

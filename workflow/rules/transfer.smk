@@ -1,4 +1,6 @@
 # Paper section 3.5: pretrain on one level, fine-tune on the other (full or LoRA), genes matched by name.
+# A transfer predicts the genes its two cohorts share: its metrics.tsv also scores the target's own BiTro
+# and baselines on those genes (bitro.evaluate.summary.summarise_transfer).
 
 
 rule transfer_pretrain:
@@ -98,11 +100,8 @@ rule transfer_predict:
 rule transfer_metrics:
     input:
         metrics=lambda wc: transfer_fold_files(wc, FoldFile.METRICS),
-        predictions=lambda wc: (
-            transfer_fold_files(wc, FoldFile.PREDICTIONS)
-            if out_of_fold(wc.target)
-            else []
-        ),
+        predictions=lambda wc: transfer_fold_files(wc, FoldFile.PREDICTIONS),
+        reference=transfer_reference_files,
     output:
         TRANSFER_DIR / CohortFile.METRICS,
     log:
@@ -114,6 +113,8 @@ rule transfer_metrics:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        out_of_fold=lambda wc: "--out-of-fold" if out_of_fold(wc.target) else "",
     shell:
-        "bitro summarise --metrics {input.metrics} --predictions {input.predictions} "
-        "--out {output} > {log} 2>&1"
+        "bitro transfer-summary --metrics {input.metrics} --predictions {input.predictions} "
+        "--reference {input.reference} {params.out_of_fold} --out {output} > {log} 2>&1"

@@ -2,8 +2,9 @@
 
 ``bitro transfer-pretrain`` trains on the whole source cohort into
 ``results/transfer/<source>_to_<target>/pretrain``; ``bitro transfer --pretrain-dir <that folder>`` fine-tunes
-it on one fold of the target into ``results/transfer/<source>_to_<target>/<fold>``. Settings come from the
-workflow's ``model:``/``training:`` sections and an optional ``transfer:`` section::
+it on one fold of the target into ``results/transfer/<source>_to_<target>/<fold>``; ``bitro transfer-summary``
+writes the run's ``metrics.tsv``, with the target's own models scored on the same genes. Settings come from
+the workflow's ``model:``/``training:`` sections and an optional ``transfer:`` section::
 
     transfer:
       mode: lora                 # or full (--mode overrides)
@@ -117,8 +118,23 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_summary(args: argparse.Namespace) -> None:
+    from bitro.evaluate.summary import summarise_transfer
+
+    table = summarise_transfer(
+        args.metrics,
+        args.out,
+        predictions=args.predictions,
+        references=args.reference,
+        pooled=args.out_of_fold,
+    )
+    means = table[table["fold"] == "mean"]
+    columns = ["model", "run", "genes", "level", "space", "pcc_gene", "pcc_overall"]
+    log.info("%s:\n%s", args.out, means[[c for c in columns if c in means]].to_string(index=False))
+
+
 def register(verbs: argparse._SubParsersAction) -> None:
-    """Add ``transfer-pretrain`` and ``transfer`` to the ``bitro`` parser."""
+    """Add ``transfer-pretrain``, ``transfer`` and ``transfer-summary`` to the ``bitro`` parser."""
     pre = verbs.add_parser(
         "transfer-pretrain",
         help="pretrain on a whole source cohort for transfer (once per source → target pair)",
@@ -155,3 +171,23 @@ def register(verbs: argparse._SubParsersAction) -> None:
     add_run_options(fine, PARAMS_HELP)
     fine.add_argument("--out-dir", required=True, help="results/transfer/<source>_to_<target>/<fold>")
     fine.set_defaults(func=_cmd_transfer)
+
+    summary = verbs.add_parser(
+        "transfer-summary",
+        help="a transfer's metrics.tsv: its folds, mean and std, and the target's own models on its genes",
+    )
+    summary.add_argument("--metrics", nargs="+", required=True, help="each transfer fold's metrics.tsv")
+    summary.add_argument(
+        "--predictions", nargs="+", required=True, help="each transfer fold's predictions.h5ad (its genes)"
+    )
+    summary.add_argument(
+        "--reference",
+        nargs="*",
+        default=[],
+        help="the target cohort's folds' predictions.h5ad and baselines.h5ad, re-scored on the shared genes",
+    )
+    summary.add_argument(
+        "--out-of-fold", action="store_true", help="K-fold bulk target: add the pooled out_of_fold rows"
+    )
+    summary.add_argument("--out", required=True, help="results/transfer/<source>_to_<target>/metrics.tsv")
+    summary.set_defaults(func=_cmd_summary)

@@ -9,6 +9,12 @@ test predictions together form one out-of-fold prediction of the whole cohort. I
 group with an ``out_of_fold`` row: the metrics of those pooled predictions, from each fold's
 ``predictions.h5ad`` (BiTro) and ``baselines.h5ad``. A fold tests two or three slides, where a per-gene
 correlation is ±1 or undefined; over the pooled slides it means something.
+
+A transfer run predicts only the genes its two cohorts share, so its table
+(``results/transfer/{source}_to_{target}/metrics.tsv``, :func:`summarise_transfer`) also scores the target
+cohort's own models (BiTro from scratch, every baseline) on those genes and the same test units, from their
+folds' ``predictions.h5ad`` and ``baselines.h5ad``: its ``run`` column says ``transfer`` or ``target cohort``,
+its ``genes`` column ``shared: <n> of <all>``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,17 @@ def read_fold_tables(paths: Sequence[str | Path]) -> pd.DataFrame:
             raise InputError(path, f"lacks columns {sorted(missing)}")
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["fold", *GROUP])
+
+
+def _fold_name(adata: ad.AnnData) -> str:
+    """The fold a ``predictions.h5ad`` (``uns["bitro"]["params"]["fold"]``) or ``baselines.h5ad``
+    (``uns["bitro"]["fold"]``) holds."""
+    info = adata.uns.get("bitro", {})
+    if "fold" in info:
+        return str(np.ravel(info["fold"])[0])
+    if "fold" in info.get("params", {}):
+        return str(info["params"]["fold"])
+    return str(np.ravel(info.get("metrics", {}).get("fold", [""]))[0])
 
 
 def _fold_predictions(path: str | Path) -> tuple[ad.AnnData, dict[str, np.ndarray], str, list[str]]:
@@ -110,6 +127,99 @@ def out_of_fold_rows(paths: Sequence[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: ``run`` of a transfer table's rows: the transfer itself, or a model of the target cohort re-scored.
+TRANSFER_RUN = "transfer"
+TARGET_RUN = "target cohort"
+
+
+def shared_genes_label(n_shared: int, n_all: int) -> str:
+    """The ``genes`` column of a transfer table: ``shared: 37 of 50``."""
+    return f"shared: {n_shared} of {n_all}"
+
+
+def shared_gene_rows(
+    transfer_predictions: Sequence[str | Path],
+    references: Sequence[str | Path],
+    *,
+    pooled: bool = False,
+) -> tuple[pd.DataFrame, list[str], int]:
+    """The target cohort's own models scored on a transfer's genes and test units, fold by fold.
+
+    ``transfer_predictions`` are the transfer's folds' ``predictions.h5ad``; ``references`` the target
+    cohort's folds' ``predictions.h5ad`` (BiTro from scratch) and ``baselines.h5ad``, matched to the
+    transfer's folds by their fold name. Every reference model is scored, with :func:`metric_rows` (the
+    level and spaces of its file), on the transfer's genes (by name) and its scored test units (by unit
+    name), against its own truth, which must equal the transfer's there. With ``pooled`` (a K-fold bulk
+    target) each model also gets its ``out_of_fold`` rows. Returns the rows, the shared genes and the
+    number of the target's genes.
+    """
+    folds: dict[str, tuple[list[str], list[str]]] = {}
+    truths: dict[str, np.ndarray] = {}
+    genes: list[str] | None = None
+    for path in transfer_predictions:
+        adata, _, _, _ = _fold_predictions(path)
+        fold_genes = [str(g) for g in adata.var_names]
+        if genes is not None and fold_genes != genes:
+            raise InputError(path, "predicts other genes (or another order) than the first transfer fold")
+        genes = fold_genes
+        fold = _fold_name(adata)
+        folds[fold] = ([str(n) for n in adata.obs_names], adata.obs["sample_id"].astype(str).tolist())
+        truths[fold] = np.asarray(adata.layers["truth"], np.float64)
+    if genes is None:
+        raise InputError("--predictions", "no transfer predictions to take the shared genes from")
+    rows: list[dict[str, object]] = []
+    pooled_parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    labels: dict[str, tuple[str, list[str]]] = {}
+    n_all: int | None = None
+    for path in references:
+        adata, models, level, spaces = _fold_predictions(path)
+        fold = _fold_name(adata)
+        if fold not in folds:
+            raise InputError(path, f"holds fold {fold!r}, which the transfer did not test")
+        names, groups = folds[fold]
+        missing_genes = [g for g in genes if g not in adata.var_names]
+        missing_units = [n for n in names if n not in adata.obs_names]
+        if missing_genes or missing_units:
+            raise InputError(
+                path,
+                f"lacks shared genes {missing_genes[:5]} or test units {missing_units[:5]} of the transfer's "
+                f"{fold}",
+            )
+        if n_all is not None and adata.n_vars != n_all:
+            raise InputError(path, f"has {adata.n_vars} genes, another target file {n_all}")
+        n_all = adata.n_vars
+        units = adata.obs_names.get_indexer(names)
+        columns = adata.var_names.get_indexer(genes)
+        truth = np.asarray(adata.layers["truth"], np.float64)[np.ix_(units, columns)]
+        if not np.allclose(truth, truths[fold], rtol=1e-5, atol=1e-6, equal_nan=True):
+            raise InputError(path, f"its truth on the shared genes differs from the transfer's in {fold}")
+        for model, values in models.items():
+            prediction = values[np.ix_(units, columns)]
+            labels[model] = (level, spaces)
+            rows += metric_rows(
+                truth,
+                prediction,
+                genes,
+                np.asarray(groups),
+                level=level,
+                spaces=spaces,
+                model=model,
+                fold=fold,
+            )
+            pooled_parts.setdefault(model, {})[fold] = (truth, prediction, np.asarray(groups))
+    for model, parts in pooled_parts.items():
+        absent = sorted(set(folds) - set(parts))
+        if absent:
+            raise InputError(references[0] if references else "--reference", f"{model} lacks folds {absent}")
+        if pooled:
+            level, spaces = labels[model]
+            truth, prediction, groups = (np.concatenate(x) for x in zip(*parts.values(), strict=True))
+            rows += metric_rows(
+                truth, prediction, genes, groups, level=level, spaces=spaces, model=model, fold=OUT_OF_FOLD
+            )
+    return pd.DataFrame(rows), genes, int(n_all or 0)
+
+
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Per model, level, space and scope: the fold rows, ``mean`` and ``std``, then any ``out_of_fold``."""
     parts = []
@@ -158,18 +268,56 @@ def summarise_cohort(
     return table
 
 
+def summarise_transfer(
+    metrics: Sequence[str | Path],
+    out: str | Path,
+    *,
+    predictions: Sequence[str | Path],
+    references: Sequence[str | Path] = (),
+    pooled: bool = False,
+) -> pd.DataFrame:
+    """Write a transfer run's ``metrics.tsv``; returns it.
+
+    The transfer's rows (its folds' ``metrics``, then ``mean``, ``std`` and, with ``pooled``, the
+    ``out_of_fold`` rows of its ``predictions``), then, from ``references`` (the target cohort's folds'
+    ``predictions.h5ad`` and ``baselines.h5ad``), each of the target's own models scored on the transfer's
+    genes and test units (:func:`shared_gene_rows`). Two columns after ``scope`` label the rows: ``run``
+    (``transfer`` or ``target cohort``) and ``genes`` (``shared: <n> of <all>``).
+    """
+    table = read_fold_tables(metrics)
+    if pooled:
+        table = pd.concat([table, out_of_fold_rows(predictions)], ignore_index=True)
+    table = summarise(table)
+    table.insert(len(GROUP) + 1, "run", TRANSFER_RUN)
+    if references:
+        rescored, genes, n_all = shared_gene_rows(predictions, references, pooled=pooled)
+        scored = table.loc[~table["fold"].isin(("mean", "std")), "n_genes"].dropna()
+        if set(scored) - {len(genes)}:
+            raise InputError(metrics[0], f"scores other than the {len(genes)} genes of its predictions")
+        target = summarise(rescored)
+        target.insert(len(GROUP) + 1, "run", TARGET_RUN)
+        table = pd.concat([table, target], ignore_index=True)
+        table.insert(len(GROUP) + 2, "genes", shared_genes_label(len(genes), n_all))
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+    return table
+
+
 #: Headline columns of the demo summary.
 HEADLINE = ["pcc_gene", "pcc_overall", "spearman_gene", "rmse", "js_divergence"]
 
 
 def headline_rows(table: pd.DataFrame, *, cohort: str, protocol: str) -> pd.DataFrame:
     """``mean ± std`` over folds of the headline metrics, one row per model, level and space; a model
-    with ``out_of_fold`` metrics gets a second row, its ``scope`` ``out_of_fold``."""
+    with ``out_of_fold`` metrics gets a second row, its ``scope`` ``out_of_fold``. The rows of a transfer
+    table (it has a ``genes`` column) name their genes after the model: ``bitro (shared: 37 of 50 genes)``."""
     rows = []
     for (model, level, space, scope), group in table.groupby(GROUP, sort=False):
         folds = group[~group["fold"].isin(NOT_FOLDS)]
         mean = group[group["fold"] == "mean"].iloc[0]
         std = group[group["fold"] == "std"].iloc[0]
+        if "genes" in group:
+            model = f"{model} ({mean['genes']} genes)"
         row: dict[str, object] = {"cohort": cohort, "protocol": protocol, "model": model, "level": level}
         row |= {"space": space, "scope": scope, "n_folds": len(folds)}
         pooled = row | {"scope": OUT_OF_FOLD}
@@ -207,8 +355,12 @@ def demo_summary(cohorts: dict[str, tuple[str, list[Path]]], out: str | Path) ->
 ABLATION_LEVEL = {"spot": "log1p counts", "slide": "log1p TPM"}
 
 
-def _ablation_row(model: str) -> tuple[str, str]:
-    """(type, configuration) of a model name: ``bitro``, ``bitro_transfer_<mode>``, ``bitro_<variant>``."""
+def _ablation_row(model: str, genes: str | None = None) -> tuple[str, str] | None:
+    """(type, configuration) of a model name: ``bitro``, ``bitro_transfer_<mode>``, ``bitro_<variant>``;
+    ``genes`` names the shared genes a transfer table re-scored the target's own BiTro on (its baselines
+    and other models, None, are not ablations)."""
+    if genes is not None:
+        return ("base", f"standard ({genes} genes)") if model == "bitro" else None
     if model == "bitro":
         return "base", "standard"
     if model.startswith("bitro_transfer_"):
@@ -220,10 +372,11 @@ def ablation_table(cohorts: dict[str, Sequence[str | Path]], out: str | Path) ->
     """Paper Tables 7-8 in their shape: one row per (type, configuration), ``O.`` and ``G.`` per cohort.
 
     ``cohorts`` maps a cohort to its summary tables (main ``metrics.tsv``, transfer and ablation
-    ``metrics.tsv``). Cells hold ``mean ± std`` over folds of PCC overall (O.) and PCC gene (G.) on spots
-    in log1p counts or slides in log1p TPM, or the ``out_of_fold`` value where a K-fold bulk table has one
-    (a fold's two or three test slides give no usable per-gene PCC); a configuration a cohort did not run
-    is left empty. Writes
+    ``metrics.tsv``). A transfer table's BiTro from scratch, re-scored on the transfer's shared genes, is
+    the row ``base``, ``standard (shared: 37 of 50 genes)``; its baselines are left out. Cells hold
+    ``mean ± std`` over folds of PCC overall (O.) and PCC gene (G.) on spots in log1p counts or slides in
+    log1p TPM, or the ``out_of_fold`` value where a K-fold bulk table has one (a fold's two or three test
+    slides give no usable per-gene PCC); a configuration a cohort did not run is left empty. Writes
     ``out`` and returns the table (columns ``type``, ``configuration``, then ``<cohort> O.``/``G.``).
     """
     cells: dict[tuple[str, str], dict[str, str]] = {}
@@ -235,7 +388,11 @@ def ablation_table(cohorts: dict[str, Sequence[str | Path]], out: str | Path) ->
                 mean = group[group["fold"] == "mean"].iloc[0]
                 std = group[group["fold"] == "std"].iloc[0]
                 pooled = group[group["fold"] == OUT_OF_FOLD]
-                row = cells.setdefault(_ablation_row(str(model)), {})
+                shared = str(mean["genes"]) if mean.get("run") == TARGET_RUN else None
+                key = _ablation_row(str(model), shared)
+                if key is None:
+                    continue
+                row = cells.setdefault(key, {})
                 for column, label in (("pcc_overall", "O."), ("pcc_gene", "G.")):
                     value, spread = float(mean[column]), float(std[column])
                     text = f"{value:.3f} ± {spread:.3f}" if np.isfinite(spread) else f"{value:.3f}"
@@ -246,7 +403,9 @@ def ablation_table(cohorts: dict[str, Sequence[str | Path]], out: str | Path) ->
         raise InputError(out, "no spot or slide rows in the ablation tables")
     columns = [f"{cohort} {label}" for cohort in cohorts for label in ("O.", "G.")]
     # Base runs first, the standard configuration on top of each type.
-    order = sorted(cells, key=lambda key: (key[0] != "base", key[0], key[1] != "standard", key[1]))
+    order = sorted(
+        cells, key=lambda key: (key[0] != "base", key[0], not key[1].startswith("standard"), key[1])
+    )
     frame = pd.DataFrame(
         [{"type": kind, "configuration": config} | cells[(kind, config)] for kind, config in order],
         columns=["type", "configuration", *columns],
