@@ -30,6 +30,8 @@ DEMO_THREADS ?= 1
 demo: $(STAMP)
 	$(RUN) $(BIN)/snakemake --cores $(CORES) --max-threads $(DEMO_THREADS) --configfile config/config.yaml
 	@column -t -s "$$(printf '\t')" results/demo_summary.tsv
+	@echo "Model bundles (MODEL_CARD.md inside), and the maps of the slide they predicted (docs/predict.md):"
+	@ls -1 results/*/final/bundle.zip results/*/predictions/*/maps/*.png
 
 # Paper Tables 7-8 on the demo: without cluster loss, without normalisation, without transfer.
 ablations: $(STAMP)

@@ -144,8 +144,9 @@ def model_card(record: Mapping[str, Any]) -> str:
         "bitro predict-slide --bundle <this folder or its .zip> --slide slide.svs --out predictions/slide",
         "```",
         "",
-        "A folder of slides through the workflow: `bitro predict-sample --bundle ...` per sample, then "
-        "`bitro predictions-table` for the cohort's `bulk.tsv` (see docs/predict.md).",
+        "A folder of slides through the workflow: a cohort of `format: slides` with `bundle:` naming this "
+        "folder or its .zip in the config (bitro's docs/predict.md); every slide gets its maps under "
+        "`results/{cohort}/predictions/`.",
         "",
         f"Every file's sha256 is in `{BundleFile.RECORD}`; bitro checks them when it loads the bundle.",
         "",
