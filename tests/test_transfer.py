@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bitro._hashing import file_sha256
+from bitro.bundle import export_bundle, load_bundle, zip_path
 from bitro.cli import main
 from bitro.errors import InputError
 from bitro.folds.bags import collate, make_bags, predict_bags
@@ -322,6 +323,28 @@ def test_pretrain_then_fine_tune_from_files_in_any_gene_order(tmp_path) -> None:
         fold = Fold(**{k: meta["fold"][k] for k in ("name", "train", "validation", "test")})
         inputs = load_fold(cohort / "samples", fold, meta["genes"], roles=("test",))
         predictions[name] = predict_bags(model, inputs.bags["test"], inputs.samples)
+        # A transfer's model, LoRA adapters and all, bundled and loaded from its zip: the same model.
+        bundle = export_bundle(
+            out,
+            tmp_path / "bundles" / name,
+            basis=None,
+            stain_reference=Path(__file__).resolve().parents[1] / "resources" / "stain" / "reference.json",
+            embeddings_description={
+                "encoder": "efficientnet_lite0",
+                "weights_sha256": "a" * 64,
+                "dim": 16,
+                "mode": "crop",
+                "crop_size": 48,
+                "mpp": 0.5,
+            },
+            settings={},
+            cohort={"name": "tgt", "level": "bulk", "format": "tcga", "source": "src"},
+        )
+        bundled = load_bundle(zip_path(bundle))
+        assert (ADAPTER_FILE in bundled.record["files"]) == (mode == "lora")
+        np.testing.assert_array_equal(
+            predict_bags(bundled.model, inputs.bags["test"], inputs.samples), predictions[name]
+        )
     # Genes listed and stored in another order: the very same model, bit for bit.
     np.testing.assert_array_equal(predictions["lora"], predictions["lora_shuffled"])
     assert not np.array_equal(predictions["lora"], predictions["full"])

@@ -577,3 +577,33 @@ def test_a_bundle_that_is_not_one_or_a_slides_cohort_without_one_is_refused(tmp_
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     done = snakemake(tmp_path, "--dry-run")
     assert done.returncode != 0 and "bundle" in done.stdout and "required" in done.stdout, done.stdout
+
+
+def test_final_target_bundles_every_cohort_and_transfer_and_a_transfer_bundle_predicts(
+    tmp_path: Path,
+) -> None:
+    """`snakemake final` trains a final model of each cohort and transfer run (fold `final`, nothing tested)
+    and bundles it; a predicted cohort may name a transfer run of the same config as its bundle."""
+    done = snakemake(ROOT, "final", "--dry-run", "--forceall", "--printshellcmds")
+    assert done.returncode == 0, done.stdout
+    counts = job_counts(done.stdout)
+    assert counts["export_model"] == 3 and counts["export_transfer_model"] == 2
+    assert counts["final_fold"] == 3 and "predict_slide" not in counts
+    assert (
+        "--fold final" in done.stdout
+        and "results/transfer/demo_bulk_to_demo_st/final/bundle.zip" in done.stdout
+    )
+    slides = tmp_path / "slides.yaml"
+    slides.write_text(yaml.safe_dump({"cohorts": {"demo_slides": {"bundle": "demo_bulk_to_demo_st"}}}))
+    done = snakemake(
+        ROOT,
+        "demo_slides",
+        "--dry-run",
+        "--forceall",
+        "--printshellcmds",
+        "--configfile",
+        "config/config.yaml",
+        str(slides),
+    )
+    assert done.returncode == 0, done.stdout
+    assert "--bundle results/transfer/demo_bulk_to_demo_st/final/bundle" in done.stdout

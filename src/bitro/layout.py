@@ -334,9 +334,9 @@ class FoldFile:
     METRICS: Final = "metrics.tsv"
     BASELINES: Final = "baselines.tsv"
     BASELINE_PREDICTIONS: Final = "baselines.h5ad"
-    #: The final model's portable bundle (``final/`` only): a folder and its zip.
+    #: The final model's portable bundle folder (``final/`` only; its zip beside it,
+    #: :func:`bitro.bundle.zip_path`).
     BUNDLE: Final = "bundle"
-    BUNDLE_ZIP: Final = "bundle.zip"
 
     @staticmethod
     def phenotypes(scope: str = "{scope}") -> str:
@@ -400,9 +400,14 @@ def figures_dir(cohort: str = "{cohort}", results: Path = RESULTS) -> Path:
     return cohort_dir(cohort, results) / "figures"
 
 
+def transfer_name(source: str = "{source}", target: str = "{target}") -> str:
+    """Return a transfer run's name, ``{source}_to_{target}`` (its folder; a config's ``bundle:``)."""
+    return f"{source}_to_{target}"
+
+
 def transfer_dir(source: str = "{source}", target: str = "{target}", results: Path = RESULTS) -> Path:
     """Return a transfer run's folder: ``results/transfer/{source}_to_{target}``."""
-    return Path(results) / "transfer" / f"{source}_to_{target}"
+    return Path(results) / "transfer" / transfer_name(source, target)
 
 
 def transfer_pretrain_dir(

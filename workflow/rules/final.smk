@@ -28,7 +28,7 @@ rule export_model:
         unpack(export_inputs),
     output:
         bundle=directory(FINAL_DIR / FoldFile.BUNDLE),
-        archive=FINAL_DIR / FoldFile.BUNDLE_ZIP,
+        archive=zip_path(FINAL_DIR / FoldFile.BUNDLE),
     log:
         LOGS / "export_model" / "{cohort}.log",
     benchmark:
@@ -54,7 +54,42 @@ rule export_model:
         "--out {output.bundle} > {log} 2>&1"
 
 
+# A transfer run's final model: the pretrained model fine-tuned on the target's final fold
+# (transfer_finetune with fold `final`), bundled with the transfer's table.
+rule export_transfer_model:
+    input:
+        unpack(export_transfer_inputs),
+    output:
+        bundle=directory(TRANSFER_DIR / layout.FINAL_FOLD / FoldFile.BUNDLE),
+        archive=zip_path(TRANSFER_DIR / layout.FINAL_FOLD / FoldFile.BUNDLE),
+    log:
+        LOGS / "export_transfer_model" / "{source}_to_{target}.log",
+    benchmark:
+        BENCHMARKS / "export_transfer_model" / "{source}_to_{target}.tsv"
+    conda:
+        "../../envs/bitro.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        model_dir=lambda wc: layout.transfer_fold_dir(
+            wc.source, wc.target, layout.FINAL_FOLD
+        ),
+        settings=lambda wc: shlex.quote(
+            json.dumps(transfer_bundle_settings(wc.source, wc.target))
+        ),
+        cohort=lambda wc: shlex.quote(
+            json.dumps(transfer_bundle_cohort(wc.source, wc.target))
+        ),
+    shell:
+        "bitro export-model --model-dir {params.model_dir} "
+        "--stain-reference {input.reference} --embeddings-description {input.description} "
+        "--settings-json {params.settings} --cohort-json {params.cohort} --cv-metrics {input.metrics} "
+        "--out {output.bundle} > {log} 2>&1"
+
+
 rule final:
     input:
-        [layout.fold_dir(c, layout.FINAL_FOLD) / FoldFile.BUNDLE_ZIP for c in EVALUATED],
+        [zip_path(final_bundle(name)) for name in (*EVALUATED, *TRANSFER_RUNS)],
     localrule: True

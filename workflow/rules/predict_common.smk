@@ -4,7 +4,7 @@
 # encoder and how it embeds) must match it, checked when the workflow is parsed.
 import zipfile
 
-from bitro.bundle import BundleFile
+from bitro.bundle import BundleFile, zip_path
 from bitro.predict.slide import PredictionFile
 
 FINAL_DIR = layout.fold_dir(fold=layout.FINAL_FOLD)
@@ -73,12 +73,57 @@ def bundle_cohort(cohort):
     }
 
 
+#: Transfer runs of this config by name ({source}_to_{target}): each gets a final model and a bundle.
+TRANSFER_RUNS = {layout.transfer_name(s, t): (s, t) for s, t in TRANSFER_PAIRS}
+
+
+def final_bundle(name):
+    """The bundle folder of the final model of a cohort or a transfer run of this config."""
+    if name in TRANSFER_RUNS:
+        source, target = TRANSFER_RUNS[name]
+        folder = layout.transfer_fold_dir(source, target, layout.FINAL_FOLD)
+    else:
+        folder = layout.fold_dir(name, layout.FINAL_FOLD)
+    return folder / FoldFile.BUNDLE
+
+
+def made_here(cohort):
+    """Whether a predicted cohort's bundle is made by this run (a cohort's or a transfer's final model)."""
+    return COHORTS[cohort]["bundle"] in (*EVALUATED, *TRANSFER_RUNS)
+
+
+def export_transfer_inputs(wildcards):
+    """A transfer run's final model, the stain reference, a target sample's embedding record, its table."""
+    final = layout.transfer_fold_dir(
+        wildcards.source, wildcards.target, layout.FINAL_FOLD
+    )
+    first = SAMPLES[wildcards.target].index[0]
+    return {
+        "weights": final / FoldFile.MODEL_WEIGHTS,
+        "model": final / FoldFile.MODEL_DESCRIPTION,
+        "reference": STAIN_REFERENCE,
+        "description": sample_dir(wildcards.target, first)
+        / SampleFile.EMBEDDINGS_DESCRIPTION,
+        "metrics": layout.transfer_dir(wildcards.source, wildcards.target)
+        / CohortFile.METRICS,
+    }
+
+
+def transfer_bundle_settings(source, target):
+    """A transfer run's bundle settings: the target's, with the transfer's training (per-sample features)."""
+    return bundle_settings(target) | json.loads(transfer_settings(target))
+
+
+def transfer_bundle_cohort(source, target):
+    return bundle_cohort(target) | {"transfer_from": source}
+
+
 def bundle_path(cohort):
-    """Where a predicted cohort's bundle folder is: a cohort of this run's final bundle, the folder
-    named, or the named zip unpacked into results/{cohort}/bundle."""
+    """Where a predicted cohort's bundle folder is: a final bundle of this run, the folder named, or the
+    named zip unpacked into results/{cohort}/bundle."""
     source = COHORTS[cohort]["bundle"]
-    if source in EVALUATED:
-        return layout.fold_dir(source, layout.FINAL_FOLD) / FoldFile.BUNDLE
+    if made_here(cohort):
+        return final_bundle(source)
     path = repo_path(source)
     return (
         layout.cohort_dir(cohort) / FoldFile.BUNDLE if path.suffix == ".zip" else path
@@ -89,7 +134,7 @@ def _read_bundle_record(cohort):
     """An existing bundle's bundle.json (None for a bundle this run makes), read when the workflow is
     parsed; a bundle path that is neither a cohort of this run nor a bundle stops it."""
     source = COHORTS[cohort]["bundle"]
-    if source in EVALUATED:
+    if made_here(cohort):
         return None
     if source in COHORTS:
         raise ValueError(
@@ -141,7 +186,7 @@ def stain_reference_input(wildcards):
     """The stain reference a sample is mapped to: a predicted cohort's bundle's, else the run's (which a
     bundle of this run carries)."""
     cohort = wildcards.cohort
-    if cohort not in PREDICTED or COHORTS[cohort]["bundle"] in EVALUATED:
+    if cohort not in PREDICTED or made_here(cohort):
         return STAIN_REFERENCE
     path = repo_path(COHORTS[cohort]["bundle"])
     if path.suffix == ".zip":

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bitro.errors import InputError
+from bitro.evaluate.summary import RUN_COLUMN, TRANSFER_RUN
 from bitro.io.validate import require_file
 
 #: Scores of ``metrics.tsv`` a bundle records (each with its spread over the folds).
@@ -52,7 +53,10 @@ def cv_summary(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The cohort's cross-validated scores: per level, space and scope, the mean over folds of each of
     :data:`SCORES`, its standard deviation (``<score>_std``) and the number of folds."""
     table = _read_table(path, "metrics table", ("fold", "level", "space", "scope"))
-    if "model" in table:
+    if RUN_COLUMN in table:
+        # A transfer's table: its own rows, not the target cohort's re-scored beside them.
+        table = table[table[RUN_COLUMN].astype(str) == TRANSFER_RUN]
+    elif "model" in table:
         table = table[table["model"].astype(str) == MODEL]
     rows = []
     for (level, space, scope), group in table.groupby(["level", "space", "scope"], sort=False):

@@ -128,6 +128,7 @@ def out_of_fold_rows(paths: Sequence[str | Path]) -> pd.DataFrame:
 
 
 #: ``run`` of a transfer table's rows: the transfer itself, or a model of the target cohort re-scored.
+RUN_COLUMN = "run"
 TRANSFER_RUN = "transfer"
 TARGET_RUN = "target cohort"
 
@@ -288,14 +289,14 @@ def summarise_transfer(
     if pooled:
         table = pd.concat([table, out_of_fold_rows(predictions)], ignore_index=True)
     table = summarise(table)
-    table.insert(len(GROUP) + 1, "run", TRANSFER_RUN)
+    table.insert(len(GROUP) + 1, RUN_COLUMN, TRANSFER_RUN)
     if references:
         rescored, genes, n_all = shared_gene_rows(predictions, references, pooled=pooled)
         scored = table.loc[~table["fold"].isin(("mean", "std")), "n_genes"].dropna()
         if set(scored) - {len(genes)}:
             raise InputError(metrics[0], f"scores other than the {len(genes)} genes of its predictions")
         target = summarise(rescored)
-        target.insert(len(GROUP) + 1, "run", TARGET_RUN)
+        target.insert(len(GROUP) + 1, RUN_COLUMN, TARGET_RUN)
         table = pd.concat([table, target], ignore_index=True)
         table.insert(len(GROUP) + 2, "genes", shared_genes_label(len(genes), n_all))
     with atomic_path(out) as tmp:
