@@ -152,3 +152,42 @@ def test_bad_segmentations_rejected(tmp_path):
     bad_parquet.write_bytes(b"PAR1 nope")
     with pytest.raises(InputError, match=re.escape("bad.parquet")):
         read_cell_segmentation(bad_parquet)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 10_000])
+def test_geojson_written_in_chunks_is_one_json_dumps(tmp_path, cells_gdf, monkeypatch, chunk):
+    """The writer streams GEOJSON_CHUNK features at a time (a slide's 10⁶ outlines at once took several GiB):
+    the text is exactly json.dumps of the whole collection, empty outlines and NaN values left out."""
+    import pandas as pd
+
+    import bitro.io.cells as cells_module
+    from bitro.io.cells import _feature, _json_number
+
+    frame = cells_frame(cells_gdf, mpp=0.5, source="cellvit")
+    frame.loc[2, "geometry"] = shapely.Polygon()  # skipped
+    values = np.arange(2 * len(frame), dtype=np.float32).reshape(-1, 2) / 7
+    values[4, 1] = np.nan
+    measurements = pd.DataFrame(values, columns=["a", "b"])
+    expected = {
+        "type": "FeatureCollection",
+        "features": [
+            _feature(
+                geom,
+                cls,
+                cell_id,
+                object_type="cell",
+                measurements={n: _json_number(v) for n, v in zip("ab", row, strict=True) if np.isfinite(v)},
+            )
+            for geom, cls, cell_id, row in zip(
+                frame["geometry"], frame["class"], frame["cell_id"], values, strict=True
+            )
+            if not geom.is_empty
+        ],
+    }
+    monkeypatch.setattr(cells_module, "GEOJSON_CHUNK", chunk)
+    out = write_cells_geojson(
+        frame, tmp_path / "cells.geojson", object_type="cell", measurements=measurements
+    )
+    assert out.read_text() == json.dumps(expected)
+    features = json.loads(out.read_text())["features"]
+    assert len(features) == len(frame) - 1 and "b" not in features[3]["properties"]["measurements"]

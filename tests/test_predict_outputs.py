@@ -352,15 +352,13 @@ def test_a_failed_write_leaves_the_previous_file_and_no_partial_one(
         Path(filename).write_bytes(b"\x89HDF\r\n")
         raise OSError("disk full")
 
-    def half_text(self: Path, data: str, **_: object) -> int:
-        with Path.open(self, "w", encoding="utf-8") as handle:
-            handle.write(data[:10])
+    def full_disk(*_: object, **__: object) -> None:  # the GeoJSON's head is written, then this fails
         raise OSError("disk full")
 
     monkeypatch.setattr(ad.AnnData, "write_h5ad", half_h5ad)
     with pytest.raises(OSError, match="disk full"):
         _spots(slide, spots)
-    monkeypatch.setattr(Path, "write_text", half_text)
+    monkeypatch.setattr("bitro.io.cells._feature", full_disk)
     with pytest.raises(OSError, match="disk full"):
         write_cells_qupath(
             geojson, slide.pseudo, slide.genes, slide.cells, chosen=slide.genes[:1], space="counts"

@@ -35,6 +35,9 @@ PANNUKE_TYPE_NAMES: dict[int, str] = {
 }
 """PanNuke nucleus types as HoVer-Net (``type_info.json``) and CellViT number them; 0 is "no label"."""
 
+#: Features :func:`write_cells_geojson` turns into text at a time.
+GEOJSON_CHUNK = 10_000
+
 CELL_COLUMNS = ["cell_id", "x_px", "y_px", "x_um", "y_um", "area_um2", "class", "source", "geometry"]
 
 
@@ -439,24 +442,40 @@ def write_cells_geojson(
     if measurements is not None and len(measurements) != len(df):
         raise ValueError(f"{len(measurements)} rows of measurements for {len(df)} cells")
     geoms = df["geometry"].to_numpy()
-    classes = df["class"].to_numpy() if "class" in df.columns else [None] * len(df)
-    ids = df["cell_id"].to_numpy() if "cell_id" in df.columns else [None] * len(df)
+    classes = df["class"].to_numpy() if "class" in df.columns else np.full(len(df), None, object)
+    ids = df["cell_id"].to_numpy() if "cell_id" in df.columns else np.full(len(df), None, object)
     names = [] if measurements is None else [str(c) for c in measurements.columns]
     values = np.zeros((len(df), 0)) if measurements is None else measurements.to_numpy()
     if values.dtype not in (np.float32, np.float64):
         values = values.astype(np.float64)
-    features = [
-        _feature(
-            geom,
-            cls,
-            cell_id,
-            object_type=object_type,
-            measurements={n: _json_number(v) for n, v in zip(names, row, strict=True) if np.isfinite(v)},
-        )
-        for geom, cls, cell_id, row in zip(geoms, classes, ids, values, strict=True)
-        if geom is not None and not shapely.is_empty(geom)
-    ]
-    collection = {"type": "FeatureCollection", "features": features}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(collection, allow_nan=False), encoding="utf-8")
+    # The text is what json.dumps writes for the whole collection, written GEOJSON_CHUNK features at a time:
+    # a slide's 10⁶ outlines as Python objects and one string would take several GiB (benchmarks/RESULTS.md).
+    head, tail = json.dumps({"type": "FeatureCollection", "features": []}).split("[]")
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
+        handle.write(head + "[")
+        first = True
+        for start in range(0, len(df), GEOJSON_CHUNK):
+            rows = slice(start, start + GEOJSON_CHUNK)
+            features = [
+                json.dumps(
+                    _feature(
+                        geom,
+                        cls,
+                        cell_id,
+                        object_type=object_type,
+                        measurements={
+                            n: _json_number(v) for n, v in zip(names, row, strict=True) if np.isfinite(v)
+                        },
+                    ),
+                    allow_nan=False,
+                )
+                for geom, cls, cell_id, row in zip(
+                    geoms[rows], classes[rows], ids[rows], values[rows], strict=True
+                )
+                if geom is not None and not shapely.is_empty(geom)
+            ]
+            if features:
+                handle.write(("" if first else ", ") + ", ".join(features))
+                first = False
+        handle.write("]" + tail)
     return path
