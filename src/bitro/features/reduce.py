@@ -12,6 +12,7 @@ components, so every features file is N × ``n_components``.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,13 @@ class PCABasis:
     info: dict[str, Any] = field(default_factory=dict)
 
     def transform(self, x: np.ndarray, *, chunk: int = 65_536) -> np.ndarray:
-        """Project ``x`` (n × d) to n × ``n_components`` float32, in chunks of rows."""
+        """Project ``x`` (n × d) to n × ``n_components`` float32, in chunks of rows.
+
+        A memory-mapped ``x`` (``embeddings.npy``) is read once, front to back, and the pages of the rows
+        already projected are handed back as it goes, so that a 10⁶-cell slide's 2.5 GB of embeddings
+        never sit in memory at once.
+        """
+        source = x
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
             raise ValueError(f"expected n × {self.mean.shape[0]} embeddings, got {x.shape}")
@@ -49,7 +56,20 @@ class PCABasis:
         for start in range(0, len(x), chunk):
             block = x[start : start + chunk].astype(np.float32) - mean
             out[start : start + chunk, : len(components)] = block @ components.T
+            _release_pages(source, start + chunk)
         return out
+
+
+def _release_pages(array: np.ndarray, rows: int) -> None:
+    """Drop the mapped pages of the first ``rows`` rows of a C-ordered read-only ``numpy.memmap`` from
+    this process (the file is unchanged; reading them again maps them again)."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is None or not array.flags.c_contiguous or getattr(array, "mode", "r") != "r":
+        return
+    end = array.offset % mmap.ALLOCATIONGRANULARITY + min(rows, len(array)) * array.strides[0]
+    end -= end % mmap.PAGESIZE
+    if end > 0:
+        mapping.madvise(mmap.MADV_DONTNEED, 0, end)
 
 
 def fit_pca(
