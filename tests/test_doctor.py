@@ -377,8 +377,8 @@ def test_each_cohort_is_checked_before_its_first_per_sample_job() -> None:
     doctors = {job["wildcards"]["cohort"]: i for i, job in enumerate(jobs) if job["rule"] == "doctor"}
     assert set(doctors) == {"demo_st", "demo_bulk", "demo_xenium", "demo_slides"}
     per_sample = [i for i, job in enumerate(jobs) if job["rule"] in PER_SAMPLE]
-    # 19 labelled samples, and the unlabelled slide of demo_slides, which has no targets.
-    assert len(per_sample) == 9 * 19 + 8
+    # 19 labelled samples, and the unlabelled slide of demo_slides (no targets, no per-sample PCA).
+    assert len(per_sample) == 9 * 19 + 7
     for i in per_sample:
         assert doctors[jobs[i]["wildcards"]["cohort"]] in ancestors(i), jobs[i]
     for i in doctors.values():

@@ -58,10 +58,12 @@ def test_demo_dag_has_one_units_and_targets_job_per_sample() -> None:
         for c in ("st", "bulk", "xenium")
     )
     assert counts["generate_demo"] == 1
-    # The unlabelled slide (demo_slides) is preprocessed like the others, has no targets, and is predicted.
-    for rule in ("tissue", "units", "stain", "cells", "crops", "embed", "reduce", "graph"):
+    # The unlabelled slide (demo_slides) is preprocessed like the others, has no targets, and is predicted
+    # on the bundle's PCA basis (so its own per-sample PCA, `reduce`, is not made).
+    for rule in ("tissue", "units", "stain", "cells", "crops", "embed", "graph"):
         assert counts[rule] == n_samples + 1 == 20, rule
-    assert counts["targets"] == n_samples and counts["predict_slide"] == 1 and counts["export_model"] == 1
+    assert counts["targets"] == counts["reduce"] == n_samples
+    assert counts["predict_slide"] == 1 and counts["export_model"] == 1
     assert "segment_cellvit" not in counts and "stain_reference" not in counts
 
 
@@ -504,7 +506,11 @@ def test_precomputed_segmentation_path_per_sample(tmp_path: Path) -> None:
 
 def _bundle_project(tmp_path: Path, features: dict[str, object], *, as_zip: bool = True) -> None:
     """A project whose one cohort, two bare slides, is predicted by a bundle made elsewhere."""
-    record = {"format": "bitro-bundle/1", "settings": {"features": features, "crops": {"mpp": 0.25}}}
+    record = {
+        "format": "bitro-bundle/1",
+        "features": {"scope": "cohort"},
+        "settings": {"features": features, "crops": {"mpp": 0.25}},
+    }
     folder = tmp_path / "models" / "brca"
     folder.mkdir(parents=True)
     (folder / BundleFile.RECORD).write_text(json.dumps(record))
@@ -522,11 +528,11 @@ def _bundle_project(tmp_path: Path, features: dict[str, object], *, as_zip: bool
     write_project(tmp_path, {"cohorts": {"mine": cohort}}, {"s.tsv": "sample_id\tmpp\nS1\t0.5\nS2\t\n"})
 
 
-#: The feature settings of the default config, as a bundle of the same run would record them.
+#: The feature settings of the schema's defaults, as a bundle made with them records them.
 SAME_FEATURES = {
     "encoder": "efficientnet_lite0",
-    "image_size": 48,
-    "pooling": None,
+    "image_size": 224,
+    "pooling": "mean",
     "mode": "crop",
     "graph_k": 8,
 }

@@ -220,9 +220,22 @@ def predict_slide_inputs(wildcards):
         "units": folder / SampleFile.UNITS,
         "embeddings": folder / SampleFile.EMBEDDINGS,
         "description": folder / SampleFile.EMBEDDINGS_DESCRIPTION,
-        "features": folder / SampleFile.FEATURES,
     }
+    if bundle_scope(wildcards.cohort) == "sample":
+        inputs["features"] = folder / SampleFile.FEATURES
     return inputs
+
+
+def bundle_scope(cohort):
+    """The feature scope of a predicted cohort's bundle: `cohort` projects the embeddings on the bundle's
+    basis, `sample` reads each sample's own PCA (features.npy; transfer runs train on those).
+    """
+    record = BUNDLE_RECORDS[cohort]
+    if record is not None:
+        return record["features"]["scope"]
+    if COHORTS[cohort]["bundle"] in TRANSFER_RUNS:
+        return "sample"
+    return TRAINING["feature_scope"]
 
 
 def predict_genes_arg(wildcards):
