@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -158,10 +159,17 @@ def test_export_model_and_predictions_table_verbs(model_dir: Path, tmp_path: Pat
     argv = ["export-model", "--model-dir", str(model_dir), "--basis", str(model_dir / "pca.npz")]
     argv += ["--stain-reference", str(REPO / "resources" / "stain" / "reference.json")]
     argv += ["--embeddings-description", str(description), "--settings-json", json.dumps(SETTINGS)]
-    argv += ["--cohort-json", '{"name": "virtual", "level": "st"}', "--out", str(out), "--no-zip"]
+    cohort = {"name": "virtual", "level": "st", "samples": ["A", "B"]}
+    for sample, n_units, n_cells in (("A", 3, 10), ("B", 2, 7)):  # counted into the cohort summary
+        (tmp_path / "samples" / sample).mkdir(parents=True)
+        pd.DataFrame({"unit_id": range(n_units)}).to_parquet(tmp_path / "samples" / sample / "units.parquet")
+        pd.DataFrame({"cell_id": range(n_cells)}).to_parquet(tmp_path / "samples" / sample / "cells.parquet")
+    argv += ["--cohort-json", json.dumps(cohort), "--samples-dir", str(tmp_path / "samples")]
+    argv += ["--out", str(out), "--no-zip"]
     assert main(argv) == 0
     record = json.loads((out / BundleFile.RECORD).read_text())
     assert record["settings"] == SETTINGS and record["encoder"]["weights_sha256"] == "e" * 64
+    assert (record["cohort"]["n_units"], record["cohort"]["n_cells"]) == (5, 17)
     assert not zip_path(out).exists()
     profiles = []
     for sample in ("A", "B"):

@@ -41,13 +41,14 @@ rule export_model:
         runtime=10,
     params:
         model_dir=lambda wc: layout.fold_dir(wc.cohort, layout.FINAL_FOLD),
+        samples=samples_dir,
         basis=lambda wc, input: (
             f"--basis {input.basis}" if "basis" in input.keys() else ""
         ),
         settings=lambda wc: shlex.quote(json.dumps(bundle_settings(wc.cohort))),
         cohort=lambda wc: shlex.quote(json.dumps(bundle_cohort(wc.cohort))),
     shell:
-        "bitro export-model --model-dir {params.model_dir} {params.basis} "
+        "bitro export-model --model-dir {params.model_dir} {params.basis} --samples-dir {params.samples} "
         "--stain-reference {input.reference} --embeddings-description {input.description} "
         "--settings-json {params.settings} --cohort-json {params.cohort} --cv-metrics {input.metrics} "
         "--gene-pcc {input.gene_pcc} "
@@ -76,6 +77,7 @@ rule export_transfer_model:
         model_dir=lambda wc: layout.transfer_fold_dir(
             wc.source, wc.target, layout.FINAL_FOLD
         ),
+        samples=lambda wc: layout.samples_dir(wc.target),
         settings=lambda wc: shlex.quote(
             json.dumps(transfer_bundle_settings(wc.source, wc.target))
         ),
@@ -83,7 +85,7 @@ rule export_transfer_model:
             json.dumps(transfer_bundle_cohort(wc.source, wc.target))
         ),
     shell:
-        "bitro export-model --model-dir {params.model_dir} "
+        "bitro export-model --model-dir {params.model_dir} --samples-dir {params.samples} "
         "--stain-reference {input.reference} --embeddings-description {input.description} "
         "--settings-json {params.settings} --cohort-json {params.cohort} --cv-metrics {input.metrics} "
         "--out {output.bundle} > {log} 2>&1"

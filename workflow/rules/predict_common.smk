@@ -35,6 +35,9 @@ def export_inputs(wildcards):
         / SampleFile.EMBEDDINGS_DESCRIPTION,
         "metrics": layout.cohort_dir(wildcards.cohort) / CohortFile.METRICS,
         "gene_pcc": plot_files(wildcards.cohort)["pcc_table"],
+        # counted into the bundle's cohort summary
+        "units": cohort_sample_files(SampleFile.UNITS)(wildcards),
+        "cells": cohort_sample_files(SampleFile.CELLS)(wildcards),
     }
     if TRAINING["feature_scope"] == "cohort":
         inputs["basis"] = final / FoldFile.PCA
@@ -98,6 +101,7 @@ def export_transfer_inputs(wildcards):
         wildcards.source, wildcards.target, layout.FINAL_FOLD
     )
     first = SAMPLES[wildcards.target].index[0]
+    target = SimpleNamespace(cohort=wildcards.target)
     return {
         "weights": final / FoldFile.MODEL_WEIGHTS,
         "model": final / FoldFile.MODEL_DESCRIPTION,
@@ -106,6 +110,8 @@ def export_transfer_inputs(wildcards):
         / SampleFile.EMBEDDINGS_DESCRIPTION,
         "metrics": layout.transfer_dir(wildcards.source, wildcards.target)
         / CohortFile.METRICS,
+        "units": cohort_sample_files(SampleFile.UNITS)(target),
+        "cells": cohort_sample_files(SampleFile.CELLS)(target),
     }
 
 

@@ -31,11 +31,26 @@ def _genes(text: str | None) -> list[str] | None:
     return [g.strip() for g in text.split(",") if g.strip()] if text else None
 
 
+def _cohort_counts(samples_dir: Path, samples: list[str]) -> dict[str, int]:
+    """The training cohort's units and cells, counted from its samples' tables (row counts only)."""
+    import pyarrow.parquet as pq
+
+    from bitro.layout import SampleFile
+
+    def rows(name: str) -> int:
+        return sum(pq.ParquetFile(Path(samples_dir) / s / name).metadata.num_rows for s in samples)
+
+    return {"n_units": rows(SampleFile.UNITS), "n_cells": rows(SampleFile.CELLS)}
+
+
 def _cmd_export_model(args: argparse.Namespace) -> None:
     from bitro.bundle import export_bundle
     from bitro.io.validate import require_file
 
     description = require_file(args.embeddings_description, "embeddings description")
+    cohort = _json_option(args.cohort_json, "--cohort-json")
+    if args.samples_dir is not None:
+        cohort = cohort | _cohort_counts(args.samples_dir, cohort.get("samples", []))
     export_bundle(
         args.model_dir,
         args.out,
@@ -43,7 +58,7 @@ def _cmd_export_model(args: argparse.Namespace) -> None:
         stain_reference=args.stain_reference,
         embeddings_description=_json_option(description.read_text(), str(description)),
         settings=_json_option(args.settings_json, "--settings-json"),
-        cohort=_json_option(args.cohort_json, "--cohort-json"),
+        cohort=cohort,
         cv_metrics=args.cv_metrics,
         gene_pcc_table=args.gene_pcc,
         make_zip=not args.no_zip,
@@ -123,6 +138,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--settings-json", required=True, help="the run's tissue/units/stain/segmentation/crops/features"
     )
     export.add_argument("--cohort-json", required=True, help="the training cohort: name, level, counts")
+    export.add_argument(
+        "--samples-dir",
+        type=Path,
+        default=None,
+        help="results/<cohort>/samples: count the units and cells of the --cohort-json's samples",
+    )
     export.add_argument("--cv-metrics", type=Path, default=None, help="the cohort's metrics.tsv")
     export.add_argument("--gene-pcc", type=Path, default=None, help="the cohort's per-gene pcc_genes.tsv")
     export.add_argument("--out", required=True, type=Path, help="the bundle folder (its zip goes beside)")
