@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from bitro.errors import InputError
-from bitro.layout import FINAL_FOLD
 from bitro.folds.splits import (
     Fold,
     Folds,
@@ -18,6 +17,7 @@ from bitro.folds.splits import (
     spatial_strips,
     write_folds,
 )
+from bitro.layout import FINAL_FOLD
 
 
 def _sides(fold: Fold) -> list[set[str]]:
