@@ -391,5 +391,5 @@ def _figure(summary: pd.DataFrame, out: Path) -> None:
         ax.set_xticks(np.arange(len(effects)) + 0.4 - width / 2, effects, rotation=30, fontsize=7)
         ax.set_ylabel("PCC gene (log1p)")
         ax.set_title(f"{level}: per planted effect", fontsize=9)
-    axes[-1].legend(fontsize=6, loc="best", ncols=2)
+        ax.legend(fontsize=5, loc="lower left", ncols=3)  # each panel its own models
     save_png(figure, out)
