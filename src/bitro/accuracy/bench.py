@@ -38,6 +38,14 @@ from bitro.accuracy.runs import (
     run_bitro,
     save_run,
 )
+from bitro.accuracy.transfer import (
+    PRETRAIN,
+    TRANSFERS,
+    pretrain_name,
+    pretrain_source,
+    run_transfer,
+    weights_path,
+)
 from bitro.errors import ConfigError
 
 log = logging.getLogger("bitro")
@@ -66,10 +74,22 @@ def execute(job: Job) -> tuple[Job, float]:
     """Run ``job`` unless its result is cached; returns it with the seconds it took."""
     started = time.perf_counter()
     if load_run(job.path, job.settings) is None:
-        fold = folds(job.spec)[job.fold]
+        fold = folds(job.spec)[job.fold] if job.fold >= 0 else None
         result: RunResult
-        if job.model in VARIANTS:
-            work = job.path.parent / f".{job.path.name}.work"
+        work = job.path.parent / f".{job.path.name}.work"
+        if job.model.startswith(PRETRAIN):
+            variant = job.model.removeprefix(PRETRAIN)
+            result = pretrain_source(
+                job.spec, variant, job.seed, job.settings["bitro"], work, weights_path(job.path)
+            )
+            save_run(result, job.path, job.settings)
+            shutil.rmtree(work, ignore_errors=True)
+        elif job.model in TRANSFERS:
+            pretrained = job.path.parent.parent / "pretrain" / job.settings["pretrain_run"]
+            result = run_transfer(job.spec, fold, job.model, job.seed, job.settings, work, pretrained)
+            save_run(result, job.path, job.settings)
+            shutil.rmtree(work, ignore_errors=True)
+        elif job.model in VARIANTS:
             result = run_bitro(job.spec, fold, job.model, job.seed, job.settings, work)
             save_run(result, job.path, job.settings)
             shutil.rmtree(work, ignore_errors=True)
@@ -127,6 +147,56 @@ def bitro_settings(config: dict[str, Any], level: str, lr: float, dropout: float
     }
 
 
+def transfer_settings(
+    config: dict[str, Any],
+    level: str,
+    model: str,
+    chosen_by_level: dict[str, dict[str, dict[str, float]]],
+) -> dict[str, Any]:
+    """A transfer model's settings on the target ``level``: the target's BiTro settings (its tuned lr and
+    dropout) for the fine-tuning, and the pretraining's (``pretrain``: the source cohort, the variant of
+    ``transfer.variant``, the source's tuned settings), which name the pretraining run it starts from.
+
+    Raises :class:`~bitro.errors.ConfigError` when the source cohort is not defined or not tuned.
+    """
+    source, _ = TRANSFERS[model]
+    cohorts = config.get("all_cohorts", config["cohorts"])
+    if source not in cohorts or source not in chosen_by_level:
+        raise ConfigError("models", f"{model} pretrains on the {source} cohort, not defined or not tuned")
+    if source == level:
+        raise ConfigError("models", f"{model} transfers from {source} to itself")
+    options = config.get("transfer", {})
+    variant = str(options.get("variant", "bitro"))
+    chosen = {lv: chosen_by_level[lv]["bitro"] for lv in (source, level)}
+    pretrain = {
+        "level": source,
+        "cohort": dict(cohorts[source]),
+        "variant": variant,
+        "bitro": bitro_settings(config, source, chosen[source]["lr"], chosen[source]["dropout"]),
+    }
+    return {
+        "target": bitro_settings(config, level, chosen[level]["lr"], chosen[level]["dropout"]),
+        "pretrain": pretrain,
+        "lora": dict(options.get("lora", {})),
+    }
+
+
+def with_pretraining(jobs: Sequence[Job], config: dict[str, Any], out: Path) -> list[Job]:
+    """Name each transfer job's pretraining run (``settings["pretrain_run"]``) and return the pretraining
+    jobs they need, one per source cohort, variant and seed (``out/runs/pretrain/``)."""
+    needed: dict[Path, Job] = {}
+    for job in jobs:
+        if job.model not in TRANSFERS:
+            continue
+        pretrain = job.settings["pretrain"]
+        name = pretrain_name(pretrain["level"], pretrain["variant"], job.seed)
+        job.settings["pretrain_run"] = name
+        spec = cohort_spec(pretrain["level"], pretrain["cohort"], int(config.get("seed", 0)))
+        path = out / "runs" / "pretrain" / name
+        needed[path] = Job(spec, -1, PRETRAIN + pretrain["variant"], job.seed, pretrain, path)
+    return list(needed.values())
+
+
 def tuning_grid(config: dict[str, Any], level: str) -> dict[str, Any]:
     """The tuning grid of ``level``: ``tuning`` with the cohort's ``tuning.grid_of[level]`` over it (a
     smaller grid for a cohort whose runs are long; BiTro and the MLP always share it)."""
@@ -145,6 +215,7 @@ def restrict(config: dict[str, Any], levels: Sequence[str]) -> dict[str, Any]:
     out = dict(config)
     out["cohorts"] = {k: v for k, v in config["cohorts"].items() if k in levels}
     out["models"] = {k: v for k, v in config["models"].items() if k in levels}
+    out["all_cohorts"] = config.get("all_cohorts", config["cohorts"])  # transfer sources
     out["tuning"] = dict(config["tuning"]) | {
         "cohorts": [c for c in config["tuning"].get("cohorts", ["st"]) if c in levels]
     }
@@ -209,6 +280,8 @@ def benchmark_jobs(
         for model in config["models"][level]:
             model_seeds = seeds[:1] if model in DETERMINISTIC else seeds[: int(fewer.get(model, len(seeds)))]
             settings = bitro if model in VARIANTS else mlp if model in MLP_MODELS else {}
+            if model in TRANSFERS:
+                settings = transfer_settings(config, level, model, chosen_by_level)
             for fold, seed in product(range(n_folds), model_seeds):
                 jobs.append(
                     Job(
@@ -216,7 +289,7 @@ def benchmark_jobs(
                         fold,
                         model,
                         seed,
-                        settings,
+                        dict(settings),
                         out / "runs" / level / f"{model}_fold{fold}_s{seed}",
                     )
                 )
@@ -252,8 +325,12 @@ def curve_jobs(
         for model in curve["models"]:
             model_seeds = seeds[:1] if model in DETERMINISTIC else seeds[: int(fewer.get(model, len(seeds)))]
             settings = bitro if model in VARIANTS else mlp if model in MLP_MODELS else {}
+            if model in TRANSFERS:
+                settings = transfer_settings(config, level, model, chosen_by_level)
             for fold, seed in product(range(full.n_folds), model_seeds):
-                jobs.append(Job(spec, fold, model, seed, settings, folder / f"{model}_fold{fold}_s{seed}"))
+                jobs.append(
+                    Job(spec, fold, model, seed, dict(settings), folder / f"{model}_fold{fold}_s{seed}")
+                )
         points[n] = jobs
     return points
 
@@ -282,9 +359,15 @@ def run_benchmark(
             spec = cohort_spec(level, config["cohorts"][level], int(config.get("seed", 0)))
             chosen[level] = tune(config, spec, out, workers)
             log.info("%s tuned on validation: %s", level, json.dumps(chosen[level]))
+    # A transfer's source cohort may have been tuned by an earlier invocation (--cohorts).
+    if (out / "tuning.json").is_file():
+        recorded = json.loads((out / "tuning.json").read_text())
+        chosen = {level: record["chosen"] for level, record in recorded.items()} | chosen
     jobs = benchmark_jobs(config, out, chosen)
     points = curve_jobs(config, out, chosen)
+    pretraining = with_pretraining([*jobs, *(j for p in points.values() for j in p)], config, out)
     if not report_only:
+        run_jobs(pretraining, workers)  # before any fine-tuning starts from them
         run_jobs(jobs, workers)
         # The largest points first: a curve cut short still has its best-powered end.
         run_jobs([job for n in sorted(points, reverse=True) for job in points[n]], workers)

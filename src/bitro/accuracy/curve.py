@@ -33,6 +33,9 @@ CURVE_PAIRS = (
     ("bitro_norm", "hest_probe"),
     ("bitro_norm", "mlp"),
     ("bitro_context", "bitro"),
+    ("from_st_lora", "bitro_norm"),
+    ("from_st_lora", "training_mean"),
+    ("from_st_lora", "mlp"),
 )
 
 

@@ -30,6 +30,7 @@ from bitro.accuracy.stats import (
     pcc_columns,
     pcc_gene_by_sample,
 )
+from bitro.accuracy.transfer import TRANSFERS
 from bitro.demo.virtual import EFFECTS
 
 if TYPE_CHECKING:
@@ -51,7 +52,29 @@ PAIRS = (
     ("bitro_norm", "bitro"),
     ("bitro_norm_context", "bitro_norm"),
     ("bitro_norm_context", "training_mean"),
+    # The ST round: pooled_norm and a three times longer budget on ST.
+    ("bitro_long", "bitro"),
+    ("bitro_long", "mlp"),
+    ("bitro_long", "mlp_count"),
+    ("bitro_norm_long", "bitro_norm"),
+    ("bitro_norm_long", "mlp"),
+    ("bitro_norm_long", "mlp_count"),
+    ("no_gat", "mlp_count"),
+    ("no_transformer", "mlp_count"),
+    # Transfer (bitro.accuracy.transfer) against the target's own models on the same units and genes.
+    *(
+        (transfer, second)
+        for transfer in ("from_st_lora", "from_st_full", "from_bulk_lora", "from_bulk_full")
+        for second in ("bitro_norm", "bitro", "mlp", "mlp_count", "training_mean")
+    ),
+    ("from_st_lora", "from_st_full"),
+    ("from_bulk_lora", "from_bulk_full"),
 )
+
+
+def shared_columns(*predictions: np.ndarray) -> np.ndarray:
+    """Genes every prediction gives (a transfer predicts NaN for a target gene its source lacks)."""
+    return np.logical_and.reduce([np.isfinite(p).all(axis=0) for p in predictions])
 
 
 def _collect(
@@ -72,7 +95,7 @@ def _collect(
         if result is None:
             continue
         by_model[job.model][job.seed][job.fold] = result.prediction
-        if job.model in VARIANTS:
+        if job.model in VARIANTS or job.model in TRANSFERS:
             infos.append(
                 {
                     "model": job.model,
@@ -98,13 +121,22 @@ def _effect_masks(level: str, jobs: Sequence[Job]) -> dict[str, np.ndarray]:
 
 
 def _scores(level: str, y: np.ndarray, groups: np.ndarray, prediction: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-gene PCC in each space (and, for bulk, RMSE) of one seed's out-of-fold prediction."""
+    """Per-gene PCC in each space of one seed's out-of-fold prediction; NaN for a gene it does not
+    predict (the per-10⁴ scale is then taken over the genes it predicts, in truth and prediction)."""
+    keep = shared_columns(prediction)
+    y, prediction = y[:, keep], prediction[:, keep]
     if level == "bulk":
-        return {"log1p": pcc_columns(y, prediction)}
-    return {
-        "log1p": pcc_gene_by_sample(y, prediction, groups),
-        "log1p_cp10k": pcc_gene_by_sample(normalised_log1p(y), normalised_log1p(prediction), groups),
-    }
+        scores = {"log1p": pcc_columns(y, prediction)}
+    else:
+        scores = {
+            "log1p": pcc_gene_by_sample(y, prediction, groups),
+            "log1p_cp10k": pcc_gene_by_sample(normalised_log1p(y), normalised_log1p(prediction), groups),
+        }
+    out = {}
+    for space, values in scores.items():
+        out[space] = np.full(len(keep), np.nan)
+        out[space][keep] = values
+    return out
 
 
 def _rmse_interval(
@@ -157,7 +189,8 @@ def write_report(
                             }
                         )
                 if level == "bulk":
-                    rmse = float(np.sqrt(((prediction - y) ** 2).mean()))
+                    keep = shared_columns(prediction)
+                    rmse = float(np.sqrt(((prediction[:, keep] - y[:, keep]) ** 2).mean()))
                     score_rows.append(
                         {
                             "level": level,
@@ -173,10 +206,15 @@ def write_report(
             if first not in predictions or second not in predictions:
                 continue
             a, b = list(predictions[first].values()), list(predictions[second].values())
-            spaces = {"log1p": (y, a, b)}
+            # Both models on the genes both predict (all of them unless one is a transfer).
+            keep = shared_columns(*a, *b)
+            a, b = [p[:, keep] for p in a], [p[:, keep] for p in b]
+            y_pair = y[:, keep]
+            pair_masks = {effect: mask[keep] for effect, mask in masks.items()}
+            spaces = {"log1p": (y_pair, a, b)}
             if level != "bulk":
                 spaces["log1p_cp10k"] = (
-                    normalised_log1p(y),
+                    normalised_log1p(y_pair),
                     [normalised_log1p(p) for p in a],
                     [normalised_log1p(p) for p in b],
                 )
@@ -184,7 +222,7 @@ def write_report(
             # A constant predictor has no PCC gene: against the training mean only RMSE is compared.
             for space, (t, pa, pb) in spaces.items() if second != "training_mean" else ():
                 differences = paired_difference(
-                    t, pa, pb, pooled_groups, masks, n_boot=n_boot, pooled=level == "bulk"
+                    t, pa, pb, pooled_groups, pair_masks, n_boot=n_boot, pooled=level == "bulk"
                 )
                 for effect, (point, low, high) in differences.items():
                     paired_rows.append(
@@ -201,7 +239,7 @@ def write_report(
                         }
                     )
             if level == "bulk":
-                point, low, high = _rmse_interval(y, a, b, n_boot)
+                point, low, high = _rmse_interval(y_pair, a, b, n_boot)
                 paired_rows.append(
                     {
                         "level": level,
@@ -353,5 +391,5 @@ def _figure(summary: pd.DataFrame, out: Path) -> None:
         ax.set_xticks(np.arange(len(effects)) + 0.4 - width / 2, effects, rotation=30, fontsize=7)
         ax.set_ylabel("PCC gene (log1p)")
         ax.set_title(f"{level}: per planted effect", fontsize=9)
-    axes[-1].legend(fontsize=6, loc="best", ncols=2)
+        ax.legend(fontsize=5, loc="lower left", ncols=3)  # each panel its own models
     save_png(figure, out)

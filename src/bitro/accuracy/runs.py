@@ -33,7 +33,7 @@ from bitro.folds.bags import Bag, collate, make_bags, predict_bags
 from bitro.folds.samples import SampleData
 from bitro.genes.normalise import TargetTransform
 from bitro.model.bitro import BiTro, BiTroConfig
-from bitro.train.config import TrainConfig
+from bitro.train.config import TrainConfig, TrainResult
 from bitro.train.fit import CountSpace, batch_loss, fit
 
 log = logging.getLogger("bitro")
@@ -51,6 +51,12 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     # The pooled representations standardised by running moments before the readout (bulk's fix).
     "bitro_norm": {"model": {"pooled_norm": True}},
     "bitro_norm_context": {"model": {"pooled_norm": True, "slide_context": "patch_tokens"}},
+    # Three times the ST training budget (the ST round: BiTro's best step sat near its 600-step end).
+    "bitro_long": {"training": {"max_steps": 1800, "patience_steps": 600}},
+    "bitro_norm_long": {
+        "model": {"pooled_norm": True},
+        "training": {"max_steps": 1800, "patience_steps": 600},
+    },
     "no_cluster": {"training": {"lambda_cluster": 0.0}},
     "no_zscore": {"zscore": False},
     "permutation_null": {"permute": True},
@@ -293,21 +299,36 @@ def _gradient_norms(
     return {block: value**0.5 for block, value in sorted(norms.items())}
 
 
-def run_bitro(
+@dataclass
+class Prepared:
+    """A fold of a virtual cohort as BiTro trains on it: samples, bags per role, target statistics."""
+
+    samples: list[SampleData]
+    bags: dict[str, list[Bag]]
+    transform: TargetTransform
+    model_config: BiTroConfig
+    train_config: TrainConfig
+    genes: list[str]
+
+
+def prepare(
     spec: CohortSpec,
     fold: BenchFold,
     variant: str,
     seed: int,
     settings: dict[str, Any],
-    work_dir: Path,
-) -> RunResult:
-    """BiTro (or a :data:`VARIANTS` entry) trained on the fold with ``seed``; ``settings`` holds
-    ``model`` and ``training`` overrides (the tuned lr and dropout among them) and ``phenotypes_k``."""
+    genes: Sequence[str] | None = None,
+) -> Prepared:
+    """Seed torch with ``seed``, fit the phenotypes on the fold's training samples, cut the bags of every
+    role and fit the target statistics on the training bags; ``genes`` (default: the cohort's) selects
+    and orders the target columns (a transfer's shared genes)."""
     overrides = VARIANTS[variant]
     vc = cohort(spec)
     model_settings = dict(settings.get("model", {})) | overrides.get("model", {})
     train_settings = dict(settings.get("training", {})) | overrides.get("training", {}) | {"seed": seed}
     zscore = bool(overrides.get("zscore", True))
+    genes = list(vc.genes if genes is None else genes)
+    columns = [vc.genes.index(g) for g in genes]
     torch.manual_seed(seed)
     train_ids = [vc.samples[i].sample_id for i in fold.train]
     phenotypes = fit_phenotypes(
@@ -320,6 +341,8 @@ def run_bitro(
     order = [i for role in ("train", "validation", "test") for i in roles[role]]
     position = {i: p for p, i in enumerate(order)}
     samples = [sample_data(vc.samples[i], phenotypes) for i in order]
+    if columns != list(range(len(vc.genes))):
+        samples = [SampleData(**{**s.__dict__, "targets": s.targets[:, columns]}) for s in samples]
     if overrides.get("permute"):
         rng = np.random.default_rng([seed, 4242])
         samples = [
@@ -329,35 +352,27 @@ def run_bitro(
         role: [b for i in roles[role] for b in make_bags(samples[position[i]], position[i])] for role in roles
     }
     train_rows = np.stack([samples[b.sample].targets[b.target_row] for b in bags["train"]])
-    transform = TargetTransform.fit(train_rows, vc.genes, zscore=zscore, space=samples[0].space)
+    transform = TargetTransform.fit(train_rows, genes, zscore=zscore, space=samples[0].space)
     model_settings.setdefault("output", "identity" if zscore else "softplus")
-    config = BiTroConfig(n_genes=len(vc.genes), in_dim=samples[0].features.shape[1], **model_settings)
-    model = BiTro(config)
-    train_config = TrainConfig(**train_settings)
-    started = time.perf_counter()
-    # A work folder left by an interrupted run is resumed only for the same run.
-    fingerprint = json.loads(
-        json.dumps(
-            {"spec": spec.key(), "fold": fold.name, "variant": variant, "settings": settings, "seed": seed}
-        )
+    config = BiTroConfig(n_genes=len(genes), in_dim=samples[0].features.shape[1], **model_settings)
+    return Prepared(samples, bags, transform, config, TrainConfig(**train_settings), genes)
+
+
+def describe(
+    model: BiTro, prepared: Prepared, result: TrainResult, seconds: float
+) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """Test predictions (log1p, the prepared genes), validation MSE and the run's diagnostics."""
+    samples, bags, transform, train_config = (
+        prepared.samples,
+        prepared.bags,
+        prepared.transform,
+        prepared.train_config,
     )
-    result = fit(
-        model,
-        bags["train"],
-        bags["validation"],
-        samples,
-        transform,
-        train_config,
-        work_dir,
-        progress=False,
-        fingerprint=fingerprint,
-    )
-    seconds = time.perf_counter() - started
     validation_truth = np.log1p(
         np.stack([samples[b.sample].targets[b.target_row] for b in bags["validation"]])
     )
     validation_pred = transform.to_log1p(predict_bags(model, bags["validation"], samples))
-    test_pred = transform.to_log1p(predict_bags(model, bags["test"], samples))
+    test_pred = transform.to_log1p(predict_bags(model, bags["test"], samples)) if bags["test"] else None
     history = result.history
     validation_groups = np.array([b.sample for b in bags["validation"]])
     info = {
@@ -377,10 +392,49 @@ def run_bitro(
         ),
         "attention_entropy": _attention_entropy(model, bags["validation"], samples),
         "gradient_norms": _gradient_norms(model, bags["train"], samples, transform, train_config),
-        "model_config": config.to_dict(),
+        "model_config": prepared.model_config.to_dict(),
         "train_config": train_config.to_dict(),
     }
-    return RunResult(test_pred, float(((validation_pred - validation_truth) ** 2).mean()), info)
+    validation_mse = float(((validation_pred - validation_truth) ** 2).mean())
+    return (
+        np.zeros((0, len(prepared.genes))) if test_pred is None else test_pred,
+        validation_mse,
+        info,
+    )
+
+
+def run_bitro(
+    spec: CohortSpec,
+    fold: BenchFold,
+    variant: str,
+    seed: int,
+    settings: dict[str, Any],
+    work_dir: Path,
+) -> RunResult:
+    """BiTro (or a :data:`VARIANTS` entry) trained on the fold with ``seed``; ``settings`` holds
+    ``model`` and ``training`` overrides (the tuned lr and dropout among them) and ``phenotypes_k``."""
+    prepared = prepare(spec, fold, variant, seed, settings)
+    model = BiTro(prepared.model_config)
+    started = time.perf_counter()
+    # A work folder left by an interrupted run is resumed only for the same run.
+    fingerprint = json.loads(
+        json.dumps(
+            {"spec": spec.key(), "fold": fold.name, "variant": variant, "settings": settings, "seed": seed}
+        )
+    )
+    result = fit(
+        model,
+        prepared.bags["train"],
+        prepared.bags["validation"],
+        prepared.samples,
+        prepared.transform,
+        prepared.train_config,
+        work_dir,
+        progress=False,
+        fingerprint=fingerprint,
+    )
+    prediction, validation_mse, info = describe(model, prepared, result, time.perf_counter() - started)
+    return RunResult(prediction, validation_mse, info)
 
 
 def _beside(path: Path, suffix: str) -> Path:
