@@ -52,7 +52,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import RssSampler
+import bench_train
+from bench_train import RESULT, RssSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "predict"
@@ -62,7 +63,6 @@ BULK_MODEL = ROOT / "results" / "demo_bulk" / "fold0"
 MIB = 1024**2
 GIB = 1024**3
 TARGET_BYTES = 4 * GIB
-RESULT = "RESULT "
 CELLS_PER_UNIT = 60
 PATCH_UM = 55.0
 
@@ -430,22 +430,8 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"build": chil
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one part in a fresh interpreter; its result is the last ``RESULT`` line of its output."""
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=os.environ | {"PYTHONWARNINGS": "ignore"},
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
-    if done.returncode or not lines:
-        sys.stderr.write(done.stdout[-5000:] + done.stderr[-5000:])
-        raise SystemExit(f"child {spec.get('part')} failed with exit status {done.returncode}")
-    result = json.loads(lines[-1][len(RESULT) :])
-    result["child_seconds"] = time.perf_counter() - started
-    return result
+    """Run one part of this benchmark in a fresh interpreter (:func:`bench_train.run_child`)."""
+    return bench_train.run_child(spec, script=__file__)
 
 
 def export_bulk_bundle(model_dir: Path, work: Path) -> Path:

@@ -482,11 +482,12 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one part in a fresh interpreter; its result is the last ``RESULT`` line of its output."""
+def run_child(spec: dict[str, Any], *, script: str = __file__) -> dict[str, Any]:
+    """Run one part of ``script`` (this benchmark, or another with the same ``--child`` protocol) in a
+    fresh interpreter; its result is the last ``RESULT`` line of its output."""
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
+        [sys.executable, script, "--child", json.dumps(spec)],
         capture_output=True,
         text=True,
         cwd=ROOT,
