@@ -416,12 +416,6 @@ def run_bitro(
     prepared = prepare(spec, fold, variant, seed, settings)
     model = BiTro(prepared.model_config)
     started = time.perf_counter()
-    # A work folder left by an interrupted run is resumed only for the same run.
-    fingerprint = json.loads(
-        json.dumps(
-            {"spec": spec.key(), "fold": fold.name, "variant": variant, "settings": settings, "seed": seed}
-        )
-    )
     result = fit(
         model,
         prepared.bags["train"],
@@ -431,10 +425,18 @@ def run_bitro(
         prepared.train_config,
         work_dir,
         progress=False,
-        fingerprint=fingerprint,
+        fingerprint=run_fingerprint(spec, fold.name, variant, settings, seed),
     )
     prediction, validation_mse, info = describe(model, prepared, result, time.perf_counter() - started)
     return RunResult(prediction, validation_mse, info)
+
+
+def run_fingerprint(spec: CohortSpec, fold: str, model: str, settings: dict[str, Any], seed: int) -> dict:
+    """What a run's work folder must have been made for to be resumed (an interrupted run resumes only
+    as the same run), in the form JSON gives back."""
+    return json.loads(
+        json.dumps({"spec": spec.key(), "fold": fold, "model": model, "settings": settings, "seed": seed})
+    )
 
 
 def _beside(path: Path, suffix: str) -> Path:

@@ -24,7 +24,6 @@ the report compare transfer and scratch on identical units and genes.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,15 @@ import numpy as np
 from safetensors.torch import load_file, save_file
 
 from bitro.accuracy.data import BenchFold
-from bitro.accuracy.runs import CohortSpec, RunResult, cohort, describe, load_run, prepare
+from bitro.accuracy.runs import (
+    CohortSpec,
+    RunResult,
+    cohort,
+    describe,
+    load_run,
+    prepare,
+    run_fingerprint,
+)
 from bitro.model.bitro import BiTro, BiTroConfig
 from bitro.train.pipeline import LoraOptions, Start, train_model
 from bitro.train.transfer import check_no_shared_patients, pretraining_fold, transfer_genes
@@ -90,7 +97,7 @@ def pretrain_source(
         prepared.train_config,
         work_dir / "train",
         model_config=prepared.model_config,
-        run_fingerprint=_fingerprint(spec, "pretrain", variant, settings, seed),
+        run_fingerprint=run_fingerprint(spec, "pretrain", variant, settings, seed),
         progress=False,
     )
     prediction, validation_mse, info = describe(
@@ -152,7 +159,7 @@ def run_transfer(
         prepared.transform,
         prepared.train_config,
         work_dir,
-        run_fingerprint=_fingerprint(spec, fold.name, name, settings, seed),
+        run_fingerprint=run_fingerprint(spec, fold.name, name, settings, seed),
         progress=False,
     )
     shared, validation_mse, info = describe(
@@ -170,9 +177,3 @@ def run_transfer(
         "validation_samples": [vc.samples[i].sample_id for i in fold.validation],
     }
     return RunResult(prediction, validation_mse, info)
-
-
-def _fingerprint(spec: CohortSpec, fold: str, name: str, settings: dict[str, Any], seed: int) -> dict:
-    return json.loads(
-        json.dumps({"spec": spec.key(), "fold": fold, "model": name, "settings": settings, "seed": seed})
-    )
