@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,20 @@ from scipy.stats import pearsonr
 from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.model_selection import cross_val_score
 
+from bitro.accuracy.bench import Job
 from bitro.accuracy.data import patient_folds, sample_data
-from bitro.accuracy.runs import CohortSpec, folds, load_run, run_baseline, run_bitro, save_run, truth
+from bitro.accuracy.runs import (
+    VARIANTS,
+    CohortSpec,
+    RunResult,
+    cohort_fingerprint,
+    folds,
+    load_run,
+    run_baseline,
+    run_bitro,
+    save_run,
+    truth,
+)
 from bitro.accuracy.stats import (
     bootstrap_rows,
     normalised_log1p,
@@ -22,6 +35,7 @@ from bitro.accuracy.stats import (
 from bitro.demo.morphology import LYMPHOCYTE, TUMOUR
 from bitro.demo.virtual import EFFECTS, VirtualConfig, bulk_cohort, st_cohort
 from bitro.errors import ConfigError
+from bitro.model.bitro import BiTroConfig
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +200,30 @@ def test_runs_predict_the_test_units_and_resume_from_their_cache(tmp_path: Path)
     null = run_bitro(spec, fold, "permutation_null", 0, settings, tmp_path / "null")
     assert null.prediction.shape == y.shape
     assert len(np.unique(groups)) == len(fold.test)
+
+
+def test_a_cached_run_counts_only_for_the_data_and_configs_it_was_made_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The defect: a run's cache key was its path and settings, so runs made on a cohort the generator
+    has since changed loaded without complaint (a stale bulk cache scored the oracle at RMSE 0.327
+    against its true 0.219)."""
+    spec = CohortSpec(level="st", n_patients=2, grid=(4, 4), n_folds=2, validation_fraction=0.5, seed=2)
+    settings = {"model": {"dim": 16}, "training": {"lr": 1e-3}, "phenotypes_k": 3}
+    path = tmp_path / "runs" / "bitro_fold0_s0"
+    job = Job(spec, 0, "bitro", 0, settings, path)
+    job.save(RunResult(np.zeros((3, 2)), 0.5))
+    assert job.cached() is not None
+    assert load_run(path, settings) is not None  # the settings alone would have taken it
+    redrawn = replace(spec, generator={"umi_per_spot": 900.0})  # the same path, other data
+    assert cohort_fingerprint(redrawn) != cohort_fingerprint(spec)
+    assert Job(redrawn, 0, "bitro", 0, settings, path).cached() is None
+    # A changed library default changes the resolved model: the run is made again.
+    monkeypatch.setitem(VARIANTS, "bitro", {"model": {"pooled_norm": not BiTroConfig.pooled_norm}})
+    assert job.cached() is None
+    monkeypatch.undo()
+    assert job.cached() is not None
+    baseline = Job(spec, 0, "oracle", 0, {}, tmp_path / "runs" / "oracle_fold0_s0")
+    baseline.save(RunResult(np.zeros((3, 2)), 0.5))
+    assert baseline.cached() is not None
+    assert Job(redrawn, 0, "oracle", 0, {}, baseline.path).cached() is None

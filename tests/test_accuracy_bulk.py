@@ -111,4 +111,4 @@ def test_curve_jobs_reuse_the_benchmark_at_full_size_and_restrict_keeps_one_coho
     with pytest.raises(ConfigError, match="cohorts"):
         restrict(config, ["xenium"])
     assert VARIANTS["bitro_context"] == {"model": {"slide_context": "patch_tokens"}}
-    assert VARIANTS["bitro_norm"] == {"model": {"pooled_norm": True}}
+    assert VARIANTS["no_pooled_norm"] == {"model": {"pooled_norm": False}}

@@ -28,14 +28,14 @@ SETTINGS = {
     "training": {"lr": 3e-3, "batch_bags": 4, "max_steps": 6, "patience_steps": 6, "eval_every_steps": 3},
     "phenotypes_k": 3,
 }
-PRETRAIN = {"level": "bulk", "cohort": {}, "variant": "bitro_norm", "bitro": SETTINGS}
+PRETRAIN = {"level": "bulk", "cohort": {}, "variant": "bitro", "bitro": SETTINGS}
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pretrain")
-    path = root / "bulk_bitro_norm_s0"
-    result = pretrain_source(BULK, "bitro_norm", 0, SETTINGS, root / "work", weights_path(path))
+    path = root / "bulk_bitro_s0"
+    result = pretrain_source(BULK, "bitro", 0, SETTINGS, root / "work", weights_path(path))
     save_run(result, path, PRETRAIN)
     return path
 
@@ -72,8 +72,8 @@ def test_fine_tuning_sees_the_target_folds_training_and_validation_only(
 
 
 def test_pretraining_on_the_targets_own_patients_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "st_bitro_norm_s0"
-    result = pretrain_source(ST, "bitro_norm", 0, SETTINGS, tmp_path / "work", weights_path(path))
+    path = tmp_path / "st_bitro_s0"
+    result = pretrain_source(ST, "bitro", 0, SETTINGS, tmp_path / "work", weights_path(path))
     own = PRETRAIN | {"level": "st"}
     save_run(result, path, own)
     with pytest.raises(PatientOverlapError):
@@ -108,12 +108,12 @@ def test_transfer_jobs_name_their_pretraining_and_keep_the_source_when_restricte
         "training": {"st": {"max_steps": 5}, "bulk": {"max_steps": 7}},
         "tuning": {"lr": [1e-3], "dropout": [0.1], "cohorts": ["st", "bulk"]},
         "models": {"st": ["bitro"], "bulk": ["from_st_lora"]},
-        "transfer": {"variant": "bitro_norm"},
+        "transfer": {"variant": "bitro"},
     }
     chosen = {lv: {"bitro": {"lr": 1e-3, "dropout": 0.1}} for lv in ("st", "bulk")}
     restricted = restrict(config, ["bulk"])
     settings = transfer_settings(restricted, "bulk", "from_st_lora", chosen)
-    assert settings["pretrain"]["level"] == "st" and settings["pretrain"]["variant"] == "bitro_norm"
+    assert settings["pretrain"]["level"] == "st" and settings["pretrain"]["variant"] == "bitro"
     assert settings["pretrain"]["bitro"]["training"]["max_steps"] == 5  # the source's budget
     assert settings["target"]["training"]["max_steps"] == 7  # the target's
     spec = CohortSpec(level="bulk", n_patients=8, grid=(3, 3), n_folds=2, validation_fraction=0.25)
@@ -122,5 +122,5 @@ def test_transfer_jobs_name_their_pretraining_and_keep_the_source_when_restricte
     ]
     needed = with_pretraining(jobs, restricted, tmp_path)
     assert len(needed) == 1 and needed[0].spec.level == "st" and needed[0].fold == -1
-    assert needed[0].path == tmp_path / "runs" / "pretrain" / "st_bitro_norm_s0"
-    assert all(j.settings["pretrain_run"] == "st_bitro_norm_s0" for j in jobs)
+    assert needed[0].path == tmp_path / "runs" / "pretrain" / "st_bitro_s0"
+    assert all(j.settings["pretrain_run"] == "st_bitro_s0" for j in jobs)

@@ -374,6 +374,10 @@ def test_config_round_trip_and_defaults() -> None:
     # A model.json written before the readout options existed describes eq. 9's model.
     old = {k: v for k, v in config.to_dict().items() if k not in ("readout", "density_input")}
     assert BiTroConfig.from_dict(old) == replace(config, readout="shared", density_input=False)
+    # One written before pooled_norm existed (or became the default) was trained without it.
+    assert config.pooled_norm
+    before = {k: v for k, v in config.to_dict().items() if k != "pooled_norm"}
+    assert BiTroConfig.from_dict(before) == replace(config, pooled_norm=False)
     with pytest.raises(ValueError, match="unknown"):
         BiTroConfig.from_dict({**config.to_dict(), "heads": 3})
     model = BiTro(config)

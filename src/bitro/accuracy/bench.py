@@ -32,8 +32,12 @@ from bitro.accuracy.runs import (
     VARIANTS,
     CohortSpec,
     RunResult,
+    cohort,
+    cohort_fingerprint,
+    configs_record,
     folds,
     load_run,
+    resolved_configs,
     run_baseline,
     run_bitro,
     save_run,
@@ -47,6 +51,7 @@ from bitro.accuracy.transfer import (
     weights_path,
 )
 from bitro.errors import ConfigError
+from bitro.train.transfer import transfer_genes
 
 log = logging.getLogger("bitro")
 
@@ -62,6 +67,40 @@ class Job:
     settings: dict[str, Any] = field(hash=False, compare=False)
     path: Path = field(compare=False)
 
+    def provenance(self) -> dict[str, Any]:
+        """What the run is made from beyond its settings: the fingerprint of each cohort it reads and,
+        for a BiTro run, the resolved model and training configs (library defaults included), so that a
+        cached run made from other data or under another default is made again."""
+        out: dict[str, Any] = {"cohort": cohort_fingerprint(self.spec)}
+        if self.model in VARIANTS:
+            out["configs"] = configs_record(
+                *resolved_configs(self.spec, self.model, self.seed, self.settings)
+            )
+        elif self.model.startswith(PRETRAIN):
+            variant = self.model.removeprefix(PRETRAIN)
+            bitro = self.settings["bitro"]
+            out["configs"] = configs_record(*resolved_configs(self.spec, variant, self.seed, bitro))
+        elif self.model in TRANSFERS:
+            pretrain = self.settings["pretrain"]
+            source = cohort_spec(pretrain["level"], pretrain["cohort"], self.spec.seed)
+            genes = transfer_genes(cohort(source).genes, cohort(self.spec).genes)
+            variant = pretrain["variant"]
+            out["source_cohort"] = cohort_fingerprint(source)
+            out["pretrain_configs"] = configs_record(
+                *resolved_configs(source, variant, self.seed, pretrain["bitro"])
+            )
+            out["configs"] = configs_record(
+                *resolved_configs(self.spec, variant, self.seed, self.settings["target"], n_genes=len(genes))
+            )
+        return out
+
+    def cached(self) -> RunResult | None:
+        """The job's finished run, or None (:func:`~bitro.accuracy.runs.load_run`)."""
+        return load_run(self.path, self.settings, self.provenance())
+
+    def save(self, result: RunResult) -> None:
+        save_run(result, self.path, self.settings, self.provenance())
+
 
 def _worker_init() -> None:
     import torch
@@ -73,7 +112,7 @@ def _worker_init() -> None:
 def execute(job: Job) -> tuple[Job, float]:
     """Run ``job`` unless its result is cached; returns it with the seconds it took."""
     started = time.perf_counter()
-    if load_run(job.path, job.settings) is None:
+    if job.cached() is None:
         fold = folds(job.spec)[job.fold] if job.fold >= 0 else None
         result: RunResult
         work = job.path.parent / f".{job.path.name}.work"
@@ -82,20 +121,20 @@ def execute(job: Job) -> tuple[Job, float]:
             result = pretrain_source(
                 job.spec, variant, job.seed, job.settings["bitro"], work, weights_path(job.path)
             )
-            save_run(result, job.path, job.settings)
+            job.save(result)
             shutil.rmtree(work, ignore_errors=True)
         elif job.model in TRANSFERS:
             pretrained = job.path.parent.parent / "pretrain" / job.settings["pretrain_run"]
             result = run_transfer(job.spec, fold, job.model, job.seed, job.settings, work, pretrained)
-            save_run(result, job.path, job.settings)
+            job.save(result)
             shutil.rmtree(work, ignore_errors=True)
         elif job.model in VARIANTS:
             result = run_bitro(job.spec, fold, job.model, job.seed, job.settings, work)
-            save_run(result, job.path, job.settings)
+            job.save(result)
             shutil.rmtree(work, ignore_errors=True)
         else:
             baseline = run_baseline(job.spec, fold, job.model, job.seed, job.settings)
-            save_run(baseline, job.path, job.settings)
+            job.save(baseline)
     return job, time.perf_counter() - started
 
 
@@ -107,7 +146,7 @@ def _log_done(i: int, n: int, job: Job, seconds: float) -> None:
 
 def run_jobs(jobs: Iterable[Job], workers: int) -> None:
     """Execute ``jobs`` on ``workers`` processes (in this process when 0), logging progress."""
-    pending = [j for j in jobs if load_run(j.path, j.settings) is None]
+    pending = [j for j in jobs if j.cached() is None]
     if not pending:
         return
     log.info("%d runs to do", len(pending))
@@ -246,7 +285,7 @@ def tune(config: dict[str, Any], spec: CohortSpec, out: Path, workers: int) -> d
     run_jobs(jobs, workers)
     rows, best = [], {}
     for job in jobs:
-        result = load_run(job.path, job.settings)
+        result = job.cached()
         assert result is not None
         lr = job.settings["training"]["lr"] if job.model == "bitro" else job.settings["lr"]
         dropout = job.settings["model"]["dropout"] if job.model == "bitro" else job.settings["dropout"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from bitro.accuracy.runs import folds, load_run, truth
+from bitro.accuracy.runs import folds, truth
 from bitro.accuracy.stats import bootstrap_rows, pcc_columns
 
 if TYPE_CHECKING:
@@ -29,11 +29,8 @@ CURVE_PAIRS = (
     ("bitro", "training_mean"),
     ("bitro", "hest_probe"),
     ("bitro", "mlp"),
-    ("bitro_norm", "training_mean"),
-    ("bitro_norm", "hest_probe"),
-    ("bitro_norm", "mlp"),
     ("bitro_context", "bitro"),
-    ("from_st_lora", "bitro_norm"),
+    ("from_st_lora", "bitro"),
     ("from_st_lora", "training_mean"),
     ("from_st_lora", "mlp"),
 )
@@ -46,7 +43,7 @@ def pooled_predictions(jobs: Sequence[Job]) -> tuple[np.ndarray, dict[str, list[
     y = np.concatenate(parts)
     found: dict[str, dict[int, list[np.ndarray | None]]] = {}
     for job in jobs:
-        result = load_run(job.path, job.settings)
+        result = job.cached()
         slots = found.setdefault(job.model, {}).setdefault(job.seed, [None] * len(parts))
         slots[job.fold] = None if result is None else result.prediction
     predictions = {

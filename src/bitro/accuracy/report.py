@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bitro.accuracy.curve import curve_figure, curve_markdown, curve_tables
-from bitro.accuracy.runs import VARIANTS, cohort, folds, load_run, truth
+from bitro.accuracy.runs import VARIANTS, cohort, folds, truth
 from bitro.accuracy.stats import (
     bootstrap_rows,
     normalised_log1p,
@@ -45,27 +45,20 @@ PAIRS = (
     ("bitro", "training_mean"),
     ("bitro_context", "bitro"),
     ("bitro_context", "training_mean"),
-    ("bitro_norm", "training_mean"),
-    ("bitro_norm", "hest_probe"),
-    ("bitro_norm", "mlp"),
-    ("bitro_norm", "mlp_count"),
-    ("bitro_norm", "bitro"),
-    ("bitro_norm_context", "bitro_norm"),
-    ("bitro_norm_context", "training_mean"),
-    # The ST round: pooled_norm and a three times longer budget on ST.
+    ("bitro", "no_pooled_norm"),
+    ("no_pooled_norm", "training_mean"),
+    ("no_pooled_norm", "mlp"),
+    ("no_pooled_norm", "mlp_count"),
     ("bitro_long", "bitro"),
     ("bitro_long", "mlp"),
     ("bitro_long", "mlp_count"),
-    ("bitro_norm_long", "bitro_norm"),
-    ("bitro_norm_long", "mlp"),
-    ("bitro_norm_long", "mlp_count"),
     ("no_gat", "mlp_count"),
     ("no_transformer", "mlp_count"),
     # Transfer (bitro.accuracy.transfer) against the target's own models on the same units and genes.
     *(
         (transfer, second)
         for transfer in ("from_st_lora", "from_st_full", "from_bulk_lora", "from_bulk_full")
-        for second in ("bitro_norm", "bitro", "mlp", "mlp_count", "training_mean")
+        for second in ("bitro", "no_pooled_norm", "mlp", "mlp_count", "training_mean")
     ),
     ("from_st_lora", "from_st_full"),
     ("from_bulk_lora", "from_bulk_full"),
@@ -91,7 +84,7 @@ def _collect(
     )
     infos = []
     for job in level_jobs:
-        result = load_run(job.path, job.settings)
+        result = job.cached()
         if result is None:
             continue
         by_model[job.model][job.seed][job.fold] = result.prediction

@@ -9,11 +9,12 @@ under the benchmark's folder, so an interrupted benchmark resumes where it stopp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -41,22 +42,18 @@ log = logging.getLogger("bitro")
 #: BiTro's ablations (paper Tables 7-8 and the issue's list): overrides of the model and training.
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "bitro": {},
-    # The paper's eq. 9 exactly: one readout shared by every gene, no density input.
-    "paper_readout": {"model": {"readout": "shared", "density_input": False}},
+    # The paper's model exactly: eq. 9's one readout shared by every gene, no density input, and the
+    # pooled representations read as they come.
+    "paper_readout": {"model": {"readout": "shared", "density_input": False, "pooled_norm": False}},
     "no_gat": {"model": {"gat_layers": 0}},
     "no_transformer": {"model": {"transformer_layers": 0}},
     "mean_pool": {"model": {"pooling": "mean"}},
     # Slide-level context (paper §3.3 for bulk): a Transformer over each bag's patch tokens.
     "bitro_context": {"model": {"slide_context": "patch_tokens"}},
-    # The pooled representations standardised by running moments before the readout (bulk's fix).
-    "bitro_norm": {"model": {"pooled_norm": True}},
-    "bitro_norm_context": {"model": {"pooled_norm": True, "slide_context": "patch_tokens"}},
+    # Without the standardised pooling (the default until the ST and transfer round; docs/accuracy.md).
+    "no_pooled_norm": {"model": {"pooled_norm": False}},
     # Three times the ST training budget (the ST round: BiTro's best step sat near its 600-step end).
     "bitro_long": {"training": {"max_steps": 1800, "patience_steps": 600}},
-    "bitro_norm_long": {
-        "model": {"pooled_norm": True},
-        "training": {"max_steps": 1800, "patience_steps": 600},
-    },
     "no_cluster": {"training": {"lambda_cluster": 0.0}},
     "no_zscore": {"zscore": False},
     "permutation_null": {"permute": True},
@@ -104,6 +101,35 @@ def _cohort(key: str) -> VirtualCohort:
 def cohort(spec: CohortSpec) -> VirtualCohort:
     """The spec's cohort, drawn once per process."""
     return _cohort(spec.key())
+
+
+@cache
+def _fingerprint(key: str) -> str:
+    vc = _cohort(key)
+    digest = hashlib.sha256(json.dumps([vc.genes, vc.effect_of_gene], sort_keys=True).encode())
+    for s in vc.samples:
+        digest.update(json.dumps([s.sample_id, s.patient_id, s.level]).encode())
+        for array in (
+            s.features,
+            s.cell_type,
+            s.cell_xy_um,
+            s.cell_offsets,
+            s.unit_xy_um,
+            s.segregated,
+            s.counts,
+            s.expected,
+        ):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def cohort_fingerprint(spec: CohortSpec) -> str:
+    """SHA-256 of what the spec's cohort holds (genes, effects, and every sample's cells, units, counts
+    and expectations): a cached run counts only for the very data it was made from, whatever the
+    generator's code did in between."""
+    return _fingerprint(spec.key())
 
 
 def folds(spec: CohortSpec, n_patients: int | None = None) -> list[BenchFold]:
@@ -324,10 +350,8 @@ def prepare(
     and orders the target columns (a transfer's shared genes)."""
     overrides = VARIANTS[variant]
     vc = cohort(spec)
-    model_settings = dict(settings.get("model", {})) | overrides.get("model", {})
-    train_settings = dict(settings.get("training", {})) | overrides.get("training", {}) | {"seed": seed}
-    zscore = bool(overrides.get("zscore", True))
     genes = list(vc.genes if genes is None else genes)
+    model_config, train_config = resolved_configs(spec, variant, seed, settings, n_genes=len(genes))
     columns = [vc.genes.index(g) for g in genes]
     torch.manual_seed(seed)
     train_ids = [vc.samples[i].sample_id for i in fold.train]
@@ -352,10 +376,35 @@ def prepare(
         role: [b for i in roles[role] for b in make_bags(samples[position[i]], position[i])] for role in roles
     }
     train_rows = np.stack([samples[b.sample].targets[b.target_row] for b in bags["train"]])
+    zscore = bool(overrides.get("zscore", True))
     transform = TargetTransform.fit(train_rows, genes, zscore=zscore, space=samples[0].space)
-    model_settings.setdefault("output", "identity" if zscore else "softplus")
-    config = BiTroConfig(n_genes=len(genes), in_dim=samples[0].features.shape[1], **model_settings)
-    return Prepared(samples, bags, transform, config, TrainConfig(**train_settings), genes)
+    return Prepared(samples, bags, transform, model_config, train_config, genes)
+
+
+def resolved_configs(
+    spec: CohortSpec, variant: str, seed: int, settings: dict[str, Any], *, n_genes: int | None = None
+) -> tuple[BiTroConfig, TrainConfig]:
+    """The model and training configs a BiTro run of ``variant`` is made with: ``settings`` (``model``
+    and ``training``), the variant's overrides and the library's defaults for everything else.
+    ``n_genes`` defaults to the cohort's."""
+    overrides = VARIANTS[variant]
+    vc = cohort(spec)
+    model_settings = dict(settings.get("model", {})) | overrides.get("model", {})
+    model_settings.setdefault("output", "identity" if overrides.get("zscore", True) else "softplus")
+    train_settings = dict(settings.get("training", {})) | overrides.get("training", {}) | {"seed": seed}
+    config = BiTroConfig(
+        n_genes=len(vc.genes) if n_genes is None else n_genes,
+        in_dim=vc.samples[0].features.shape[1],
+        **model_settings,
+    )
+    return config, TrainConfig(**train_settings)
+
+
+def configs_record(model_config: BiTroConfig, train_config: TrainConfig) -> dict[str, Any]:
+    """The two configs as plain JSON values (a run's provenance)."""
+    return json.loads(
+        json.dumps({"model": asdict(model_config), "training": asdict(train_config)}, default=str)
+    )
 
 
 def describe(
@@ -448,25 +497,42 @@ def _plain(settings: dict[str, Any] | None) -> Any:
     return json.loads(json.dumps(settings or {}, sort_keys=True))
 
 
-def save_run(result: RunResult, path: Path, settings: dict[str, Any] | None = None) -> None:
-    """``path``.npy (prediction) and ``path``.json (validation MSE, info and the run's settings), each
+def save_run(
+    result: RunResult,
+    path: Path,
+    settings: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> None:
+    """``path``.npy (prediction) and ``path``.json (validation MSE, info, the run's settings and its
+    provenance: what it was made from, e.g. the cohort's fingerprint and the resolved configs), each
     written atomically (the JSON last, so a run counts as finished only once both are there)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(_beside(path, ".npy")) as tmp, tmp.open("wb") as handle:
         np.save(handle, result.prediction)
-    record = {"validation_mse": result.validation_mse, "settings": _plain(settings), "info": result.info}
+    record = {
+        "validation_mse": result.validation_mse,
+        "settings": _plain(settings),
+        "provenance": _plain(provenance),
+        "info": result.info,
+    }
     with atomic_path(_beside(path, ".json")) as tmp:
         Path(tmp).write_text(json.dumps(record, default=float))
 
 
-def load_run(path: Path, settings: dict[str, Any] | None = None) -> RunResult | None:
-    """A cached run made with ``settings``, or None when there is none (not finished, or made with other
-    settings, e.g. before a cohort was tuned anew)."""
+def load_run(
+    path: Path, settings: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None
+) -> RunResult | None:
+    """A cached run made with ``settings`` from ``provenance``, or None when there is none: not
+    finished, made with other settings (e.g. before a cohort was tuned anew), or from other data or
+    configs (a cohort the generator now draws differently, a changed library default). A record
+    without provenance counts only where none is asked for."""
     array, meta = _beside(path, ".npy"), _beside(path, ".json")
     if not (array.is_file() and meta.is_file()):
         return None
     record = json.loads(meta.read_text())
     if record.get("settings", {}) != _plain(settings):
+        return None
+    if provenance is not None and record.get("provenance") != _plain(provenance):
         return None
     prediction = np.load(array)
     return RunResult(prediction, float(record["validation_mse"]), record["info"])
