@@ -127,6 +127,13 @@ def test_save_and_load_adapters(tmp_path: Path) -> None:
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)
+        # Fine-tuning also moves pooled_norm's running moments (buffers of the head): a forward pass in
+        # training mode does. The defect: the adapter file kept the head's parameters only, so the
+        # rebuilt model read out with the base model's moments.
+        assert model.config.pooled_norm
+        model.train()
+        model(batch)
+    assert not torch.equal(model.mil.running_mean, base_state["mil.running_mean"])
     model.eval()
     path = tmp_path / "adapter.safetensors"
     save_lora(model, path, metadata={"genes": '["A", "B", "C", "D", "E"]'})

@@ -11,8 +11,9 @@ Every base weight is frozen, including ``GATConv``'s per-head weights (PyG's own
 cannot adapt), LayerNorms and the position tables. The task head — gene queries and readout (``mil.*``) —
 stays fully trainable, because a new cohort brings new genes and a new target scale.
 
-:func:`save_lora` writes only the trainable tensors (adapters + head) as safetensors, with the LoRA
-settings in the metadata; :func:`load_lora` re-applies LoRA to a freshly built base model and loads them,
+:func:`save_lora` writes only the trainable tensors (adapters + head) and the head's buffers (the
+running moments of ``pooled_norm``, which fine-tuning moves) as safetensors, with the LoRA settings in
+the metadata; :func:`load_lora` re-applies LoRA to a freshly built base model and loads them,
 failing on any missing, unexpected or mis-shaped tensor (docs/pitfalls.md#weights-that-do-not-fit-fail).
 """
 
@@ -112,13 +113,20 @@ def trainable_parameter_names(model: nn.Module) -> list[str]:
     return [name for name, param in model.named_parameters() if param.requires_grad]
 
 
+def head_buffer_names(model: nn.Module) -> list[str]:
+    """Names of the task head's buffers (e.g. ``pooled_norm``'s running moments): fine-tuning updates
+    them with the head, so they travel with the adapters."""
+    return [name for name, _ in model.named_buffers() if name.startswith(TRAINABLE_PREFIXES)]
+
+
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:
-    """The trainable tensors (adapters + head), detached, contiguous, on the CPU."""
+    """The trainable tensors (adapters + head) and the head's buffers, detached, contiguous, on the CPU."""
+    buffers = dict(model.named_buffers())
     return {
         name: param.detach().cpu().contiguous()
         for name, param in model.named_parameters()
         if param.requires_grad
-    }
+    } | {name: buffers[name].detach().cpu().contiguous() for name in head_buffer_names(model)}
 
 
 def save_lora(model: BiTro, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:
@@ -181,8 +189,8 @@ def load_lora(model: BiTro, path: str | os.PathLike[str]) -> list[str]:
         apply_lora(model, settings.r, settings.alpha, settings.dropout, list(settings.target_modules))
     elif current != settings:
         raise WeightsError(path, f"LoRA settings {settings} differ from the model's {current}")
-    params = dict(model.named_parameters())
-    expected = set(trainable_parameter_names(model))
+    params = dict(model.named_parameters()) | dict(model.named_buffers())
+    expected = set(trainable_parameter_names(model)) | set(head_buffer_names(model))
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
         missing, unexpected = sorted(expected - keys), sorted(keys - expected)
