@@ -144,3 +144,37 @@ def test_every_import_goes_down_the_layers(graph) -> None:
     )
     fixed = sorted(KNOWN_EXCEPTIONS - set(graph))
     assert not fixed, f"known exceptions that no longer occur (drop them from KNOWN_EXCEPTIONS): {fixed}"
+
+
+def _loaded_after(code: str, libraries: tuple[str, ...]) -> list[str]:
+    """The ``libraries`` in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    report = f"\nimport sys; print(' '.join(m for m in {libraries!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code + report], capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
+@pytest.mark.parametrize(
+    ("code", "absent"),
+    [
+        # the parser, the per-sample preprocessing steps and what they open a slide with
+        (
+            "import bitro.cli\nfrom bitro.io import open_slide, read_sample\n"
+            "import bitro.preprocess.tissue, bitro.preprocess.stain, bitro.preprocess.units",
+            ("torch", "torch_geometric", "anndata", "geopandas", "sklearn", "matplotlib"),
+        ),
+        # a module that imports the model (bags, the BiTro class) without building a GAT layer
+        ("import bitro.folds.bags\nfrom bitro.model import BiTro, BiTroConfig", ("torch_geometric",)),
+    ],
+    ids=["light-verbs", "model-without-gat"],
+)
+def test_light_imports_leave_heavy_libraries_unloaded(code: str, absent: tuple[str, ...]) -> None:
+    # Each verb is its own workflow job: what its modules import is paid per job (bench_imports.py).
+    assert _loaded_after(code, absent) == []
+
+
+def test_building_a_gat_layer_imports_torch_geometric() -> None:
+    code = "from bitro.model.gat import GATLayer\nGATLayer(8, heads=2, dropout=0.0)"
+    assert _loaded_after(code, ("torch_geometric",)) == ["torch_geometric"]

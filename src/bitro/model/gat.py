@@ -15,6 +15,9 @@ ST cohort (fold 0, cohort-scope features) the paper's form reached a validation 
 underfitted its training spots, the same model with residual GAT layers 0.71 (see
 ``BiTroConfig.gat_residual``).
 
+``torch_geometric`` is imported when the first :class:`GATLayer` is built, not with this module (see
+``benchmarks/bench_imports.py``).
+
 LoRA can target ``input_proj`` and each layer's ``proj`` (``nn.Linear``); the per-head
 weights W live in PyG's own ``Linear`` inside ``GATConv``, which peft does not adapt, so they stay frozen
 under LoRA.
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 from torch import Tensor, nn
-from torch_geometric.nn import GATConv
 
 
 class GATLayer(nn.Module):
@@ -41,6 +43,11 @@ class GATLayer(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, dropout: float, residual: bool = True) -> None:
+        # Imported here, not with the module: ``torch_geometric`` loads all of itself on import (datasets,
+        # loaders, torch._dynamo; about 3 s on top of torch), and most modules that import the model
+        # never build a GAT layer.
+        from torch_geometric.nn import GATConv
+
         super().__init__()
         self.residual = residual
         self.conv = GATConv(dim, dim, heads=heads, concat=True, add_self_loops=True, bias=False)
