@@ -1492,7 +1492,7 @@ def test_a_dry_run_stops_on_a_cohort_that_cannot_be_split(
     workflow_project(valid, tmp_path, cohort)
     code, out = snakemake(tmp_path, "--dry-run")
     assert code != 0 and Path(cohort["samples"]).name in out, out
-    assert "rule tissue" not in out and "rule doctor" not in out
+    assert "rule prepare" not in out and "rule doctor" not in out
 
 
 def test_a_real_run_stops_at_the_preflight_before_any_per_sample_job(valid: Valid, tmp_path: Path) -> None:

@@ -45,6 +45,36 @@ def test_units_and_targets_verbs_write_their_files(small_demo: tuple[Path, dict]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["targets.h5ad", "units.parquet"]
 
 
+def test_prepare_writes_the_files_of_tissue_units_stain_and_targets(
+    small_demo: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """`bitro prepare` (the workflow's one job per sample) writes byte for byte what the four verbs write."""
+    root, summary = small_demo
+    common = ["--format", "hest", "--root", str(root / "hest"), "--sample", summary["ids"]["hest"][0]]
+    stain = ["--reference", str(Path(__file__).parents[1] / "resources" / "stain" / "reference.json")]
+    apart, together = tmp_path / "apart", tmp_path / "together"
+    apart.mkdir()
+    tissue = ["--tissue", str(apart / "tissue.npz")]
+    geojson = ["--geojson", str(apart / "tissue.geojson")]
+    assert main(["tissue", *common, *geojson, "--out", str(apart / "tissue.npz")]) == 0
+    assert main(["units", *common, *tissue, "--out", str(apart / "units.parquet")]) == 0
+    assert main(["stain", *common, *tissue, *stain, "--out", str(apart / "stain.json")]) == 0
+    units = ["--units", str(apart / "units.parquet")]
+    assert main(["targets", *common, *units, "--out", str(apart / "targets.h5ad")]) == 0
+    outputs = {
+        "--tissue-out": "tissue.npz",
+        "--geojson": "tissue.geojson",
+        "--units-out": "units.parquet",
+        "--stain-out": "stain.json",
+        "--targets-out": "targets.h5ad",
+    }
+    paths = [arg for option, name in outputs.items() for arg in (option, str(together / name))]
+    assert main(["prepare", *common, *stain, *paths]) == 0
+    assert sorted(p.name for p in together.iterdir()) == sorted(outputs.values())
+    for name in outputs.values():
+        assert (together / name).read_bytes() == (apart / name).read_bytes(), name
+
+
 def test_missing_sample_exits_2(
     small_demo: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

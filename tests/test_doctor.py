@@ -340,7 +340,7 @@ def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.Compl
     return run_snakemake(workdir, *args, timeout=timeout)
 
 
-PER_SAMPLE = ("tissue", "units", "stain", "cells", "crops", "targets", "embed", "reduce", "graph")
+PER_SAMPLE = ("prepare", "prepare_predicted", "cells", "crops", "embed", "reduce", "graph")
 
 
 def dry_run_jobs(text: str) -> list[dict]:
@@ -377,14 +377,16 @@ def test_each_cohort_is_checked_before_its_first_per_sample_job() -> None:
     doctors = {job["wildcards"]["cohort"]: i for i, job in enumerate(jobs) if job["rule"] == "doctor"}
     assert set(doctors) == {"demo_st", "demo_bulk", "demo_xenium", "demo_slides"}
     per_sample = [i for i, job in enumerate(jobs) if job["rule"] in PER_SAMPLE]
-    # 19 labelled samples, and the unlabelled slide of demo_slides (no targets, no per-sample PCA).
-    assert len(per_sample) == 9 * 19 + 7
+    # 19 labelled samples, and the unlabelled slide of demo_slides (no per-sample PCA).
+    assert len(per_sample) == 6 * 19 + 5
     for i in per_sample:
         assert doctors[jobs[i]["wildcards"]["cohort"]] in ancestors(i), jobs[i]
     for i in doctors.values():
         assert {jobs[a]["rule"] for a in ancestors(i)} == {"generate_demo"}
     assert not [
-        job for job in jobs if job["rule"] == "tissue" and not any("doctor" in f for f in job["input"])
+        job
+        for job in jobs
+        if job["rule"].startswith("prepare") and not any("doctor" in f for f in job["input"])
     ]
 
 

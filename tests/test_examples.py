@@ -245,7 +245,7 @@ def test_example_dry_runs_on_stub_inputs(tmp_path: Path, example: Path) -> None:
         folds = n_groups(cohort, sheet, config)
         assert {f"results/{name}/metrics.tsv", f"results/{name}/baselines.tsv"} <= outputs
         mine = [job for job in jobs if wildcards(job).get("cohort") == name]
-        for rule in ("tissue", "units", "stain", "cells", "embed", "reduce", "graph", "targets"):
+        for rule in ("prepare", "cells", "embed", "reduce", "graph"):
             assert {wildcards(job)["sample"] for job in mine if job["rule"] == rule} == samples, (name, rule)
         for rule in ("phenotypes", "train", "predict", "baselines"):
             assert sum(job["rule"] == rule for job in mine) == folds, (name, rule)

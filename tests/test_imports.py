@@ -167,8 +167,14 @@ def _loaded_after(code: str, libraries: tuple[str, ...]) -> list[str]:
         ),
         # a module that imports the model (bags, the BiTro class) without building a GAT layer
         ("import bitro.folds.bags\nfrom bitro.model import BiTro, BiTroConfig", ("torch_geometric",)),
+        # PCA bases and phenotypes read without fitting (train, predict): scikit-learn only to fit
+        ("import bitro.features.reduce, bitro.features.phenotype", ("sklearn",)),
+        # predictions-table's bulk profiles: no heat maps, so no matplotlib (bitro.predict is lazy)
+        ("import bitro.predict.bulk\nfrom bitro.predict import read_bulk_table", ("matplotlib", "anndata")),
+        # a HEST sample without a segmentation file: geopandas only to read one
+        ("import bitro.io.hest", ("geopandas",)),
     ],
-    ids=["light-verbs", "model-without-gat"],
+    ids=["light-verbs", "model-without-gat", "reduce-phenotype-without-fit", "bulk-table", "hest-reader"],
 )
 def test_light_imports_leave_heavy_libraries_unloaded(code: str, absent: tuple[str, ...]) -> None:
     # Each verb is its own workflow job: what its modules import is paid per job (bench_imports.py).

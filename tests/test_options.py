@@ -64,13 +64,14 @@ def choices(parser: argparse.ArgumentParser, verb: str, flag: str) -> tuple[str,
 def test_the_command_line_offers_exactly_the_library_choices() -> None:
     parser = build_parser()
     assert choices(parser, "stain", "--method") == options.STAIN_METHODS
+    assert choices(parser, "prepare", "--method") == options.STAIN_METHODS
     assert parser.parse_args(["stain", "--format", "hest", "--root", ".", "--sample", "S", "--reference", "r",
                               "--out", "o"]).method == options.DEFAULT_STAIN_METHOD  # fmt: skip
     assert choices(parser, "cells", "--backend") == options.SEGMENTATION_BACKENDS
     assert choices(parser, "embed", "--encoder") == options.ENCODERS
     assert choices(parser, "embed", "--mode") == options.EMBED_MODES
     assert choices(parser, "embed", "--pooling") == options.DINOV3_POOLINGS
-    for verb in ("tissue", "units", "stain", "cells", "crops", "targets", "embed", "doctor"):
+    for verb in ("tissue", "units", "stain", "prepare", "cells", "crops", "targets", "embed", "doctor"):
         assert choices(parser, verb, "--format") == options.FORMATS, verb
     assert choices(parser, "demo", "--preset") == options.DEMO_PRESETS
     assert choices(parser, "genes", "--level") == options.LEVELS

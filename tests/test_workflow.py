@@ -49,7 +49,7 @@ def write_project(workdir: Path, config: dict, sheets: dict[str, str]) -> Path:
     return workdir
 
 
-def test_demo_dag_has_one_units_and_targets_job_per_sample() -> None:
+def test_demo_dag_has_one_prepare_job_per_sample() -> None:
     done = snakemake(ROOT, "--dry-run", "--forceall", "--quiet", "rules")
     assert done.returncode == 0, done.stdout
     counts = job_counts(done.stdout)
@@ -58,11 +58,13 @@ def test_demo_dag_has_one_units_and_targets_job_per_sample() -> None:
         for c in ("st", "bulk", "xenium")
     )
     assert counts["generate_demo"] == 1
-    # The unlabelled slide (demo_slides) is preprocessed like the others, has no targets, and is predicted
+    # One `prepare` job per sample writes its tissue, units, stain model and targets. The unlabelled slide
+    # (demo_slides) is preprocessed like the others by `prepare_predicted`, has no targets, and is predicted
     # on the bundle's PCA basis (so its own per-sample PCA, `reduce`, is not made).
-    for rule in ("tissue", "units", "stain", "cells", "crops", "embed", "graph"):
+    for rule in ("cells", "crops", "embed", "graph"):
         assert counts[rule] == n_samples + 1 == 20, rule
-    assert counts["targets"] == counts["reduce"] == n_samples
+    assert counts["prepare"] == counts["reduce"] == n_samples and counts["prepare_predicted"] == 1
+    assert not {"tissue", "units", "stain", "targets"} & set(counts)
     assert counts["predict_slide"] == 1 and counts["export_model"] == 1
     assert "segment_cellvit" not in counts and "stain_reference" not in counts
 
@@ -169,7 +171,7 @@ def test_every_rule_that_does_work_is_benchmarked() -> None:
     blocks = [job.split("\n\n")[0] for job in jobs]
     working = {b.split(":", 1)[0] for b in blocks if re.search(r"Shell command: (?!None)", b)} - AGGREGATIONS
     unbenchmarked = {b.split(":", 1)[0] for b in blocks if "benchmark: " not in b} & working
-    assert working >= {"tissue", "train", "predict", "plot_demo_st", "train_ablation"}
+    assert working >= {"prepare", "prepare_predicted", "train", "predict", "plot_demo_st", "train_ablation"}
     assert not unbenchmarked
 
 
@@ -354,7 +356,7 @@ def test_small_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
             sample_dir = results / f"small_{level}" / "samples" / sample_id
             units = read_units(sample_dir / "units.parquet")
             targets = ad.read_h5ad(sample_dir / "targets.h5ad")
-            assert (results / "logs" / "units" / f"small_{level}" / f"{sample_id}.log").exists()
+            assert (results / "logs" / "prepare" / f"small_{level}" / f"{sample_id}.log").exists()
             # The rule's output equals the library called by hand on the same files.
             sample = read_sample(layout, results / "demo_data" / layout, sample_id)
             expected = make_targets(sample, units)
@@ -386,7 +388,7 @@ def test_small_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     resumed = snakemake(tmp_path, "--printshellcmds")
     assert resumed.returncode == 0, resumed.stdout
     assert lost.exists()
-    assert "bitro demo --out" not in resumed.stdout and "bitro stain " not in resumed.stdout
+    assert "bitro demo --out" not in resumed.stdout and "bitro prepare " not in resumed.stdout
     # --printshellcmds prints each job's command after "Shell command: ".
     lines = [line.strip().removeprefix("Shell command:").strip() for line in resumed.stdout.splitlines()]
     commands = [line for line in lines if line.startswith("bitro ")]
@@ -445,7 +447,7 @@ def test_a_hest_slide_of_any_accepted_suffix_goes_through_the_dag(tmp_path: Path
     (tmp_path / "hest" / "wsis" / "TENX2.tif").rename(tmp_path / "hest" / "wsis" / "TENX2.svs")
     done = snakemake(tmp_path, "--dry-run", "--printshellcmds")
     assert done.returncode == 0, done.stdout
-    tissue = [block for block in done.stdout.split("\nrule ") if block.startswith("tissue:")]
+    tissue = [block for block in done.stdout.split("\nrule ") if block.startswith("prepare:")]
     inputs = {
         line.strip() for block in tissue for line in block.splitlines() if line.strip().startswith("input:")
     }
@@ -481,7 +483,7 @@ def test_cellvit_backend_runs_cellvit_on_a_gpu_in_its_own_env(tmp_path: Path) ->
     assert "bash results/c1/samples/TENX1/cellvit/run.sh" in out
     assert f"bitro cellvit-script --format hest --root hest --sample TENX1 --mpp 0.25 --model {model}" in out
     assert "--backend cellvit --segmentation results/c1/samples/TENX1/cellvit/output" in out
-    assert "rule stain:" in out  # crops are still stain-normalised
+    assert "bitro prepare " in out and "--stain-out" in out  # crops are still stain-normalised
 
 
 def test_a_stain_target_image_is_fitted_into_a_reference(tmp_path: Path) -> None:
@@ -549,9 +551,9 @@ def test_a_slides_cohort_is_predicted_with_its_bundles_settings(tmp_path: Path, 
     done = snakemake(tmp_path, "--dry-run", "--printshellcmds", "--forceall")
     assert done.returncode == 0, done.stdout
     counts = job_counts(done.stdout)
-    assert counts["predict_slide"] == counts["embed"] == counts["stain"] == 2
+    assert counts["predict_slide"] == counts["embed"] == counts["prepare_predicted"] == 2
     assert counts["predicted_profiles"] == 1 and counts.get("unpack_bundle", 0) == int(as_zip)
-    for rule in ("targets", "genes", "folds", "train", "predict", "baselines", "export_model"):
+    for rule in ("prepare", "genes", "folds", "train", "predict", "baselines", "export_model"):
         assert rule not in counts, rule
     reference = "results/mine/stain_reference.json" if as_zip else "models/brca/stain_reference.json"
     assert f"--reference {reference}" in done.stdout

@@ -31,7 +31,7 @@ PARTITION=debug
 SYSTEM_CONF=/etc/slurm/slurm.conf
 PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
 RUN_TIMEOUT=${BITRO_SLURM_RUN_TIMEOUT:-600}
-# One sample of each layout (HEST-1k, TCGA, Xenium): 10 jobs, about 80 s on 2 idle cores.
+# One sample of each layout (HEST-1k, TCGA, Xenium): 4 Slurm jobs (the demo, one `prepare` per sample).
 SAMPLES_PER_COHORT=${BITRO_SLURM_SAMPLES:-1}
 
 CONF=$BASE/etc/slurm.conf

@@ -4,7 +4,7 @@ Usage: ``python scripts/slurm/small_project.py WORKDIR [--samples-per-cohort N]`
 ``WORKDIR/config/config.yaml`` and one sample sheet per cohort (HEST-1k, TCGA and Xenium layouts), then
 prints, one per line and relative to WORKDIR, the ``units.parquet`` and ``targets.h5ad`` of the first N
 samples of each cohort (all by default): the demo generator, a ``doctor`` check per cohort and a
-``tissue``, ``units`` and ``targets`` job per sample: 13 jobs for N = 1.
+``prepare`` job per sample (tissue, units, stain, targets): 7 jobs for N = 1.
 """
 
 from __future__ import annotations

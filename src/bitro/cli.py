@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.register(verbs)
     cells.register(verbs)
     sample.register_targets(verbs)
+    sample.register_prepare(verbs)
     features.register(verbs)
     sample.register_info(verbs)
     cohort.register(verbs)

@@ -102,6 +102,31 @@ def sample_inputs(wildcards):
     return files.paths()
 
 
+#: A wildcard constraint no cohort matches (a rule for the evaluated or predicted cohorts, when there are none).
+NO_COHORT = "(?!)"
+
+
+def prepare_args(wildcards):
+    """The tissue, units and stain settings of ``bitro prepare`` for a sample's cohort."""
+    tissue = cohort_setting(wildcards.cohort, "tissue")
+    units = cohort_setting(wildcards.cohort, "units")
+    stain = cohort_setting(wildcards.cohort, "stain")
+    return " ".join(
+        [
+            f"--mask-mpp {tissue['mask_mpp']}",
+            f"--patch-size-um {units['patch_size_um']}",
+            f"--min-tissue-fraction {units['min_tissue_fraction']}",
+            f"--method {stain['method']} --fit-mpp {stain['fit_mpp']}",
+            f"--n-tiles {stain['n_tiles']}",
+        ]
+    )
+
+
+def targets_out_arg(wildcards, output):
+    """``--targets-out`` when the rule writes the sample's targets (an evaluated cohort's)."""
+    return f"--targets-out {output.targets}" if "targets" in output.keys() else ""
+
+
 def repo_path(path):
     """A config path as given when it exists from the working directory, else relative to the repository."""
     path = Path(path)

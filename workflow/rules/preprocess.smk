@@ -1,54 +1,57 @@
-# Paper §3.1–3.2, Appendix B: tissue, units, stain normalisation, cells and their crops, per sample.
+# Paper §3.1–3.2, Appendix B: tissue, units, stain normalisation, targets, cells and their crops, per sample.
 
 
-rule tissue:
+# tissue, units, stain and (labelled cohorts) targets always run together: one job and one Python start-up
+# per sample (`bitro prepare`), writing the same files as the four verbs. A change to any of them already
+# reruns everything from the cells on (cells read the tissue, units and stain), so one job for the four
+# only reruns cheap steps more: the other three, and the cohort's genes and folds.
+rule prepare:
     input:
         unpack(sample_inputs),
         doctor=doctor_stamp,
+        reference=stain_reference_input,
     output:
         mask=SAMPLE_DIR / SampleFile.TISSUE,
         geojson=SAMPLE_DIR / SampleFile.TISSUE_GEOJSON,
+        units=SAMPLE_DIR / SampleFile.UNITS,
+        stain=SAMPLE_DIR / SampleFile.STAIN,
+        targets=SAMPLE_DIR / SampleFile.TARGETS,
     log:
-        LOGS / "tissue" / "{cohort}" / "{sample}.log",
+        LOGS / "prepare" / "{cohort}" / "{sample}.log",
     benchmark:
-        BENCHMARKS / "tissue" / "{cohort}" / "{sample}.tsv"
+        BENCHMARKS / "prepare" / "{cohort}" / "{sample}.tsv"
+    wildcard_constraints:
+        cohort=_alternatives(EVALUATED) or NO_COHORT,
     conda:
         "../../envs/bitro.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=4000,
+        runtime=60,
     params:
         sample=sample_args,
-        mask_mpp=lambda wc: cohort_setting(wc.cohort, "tissue")["mask_mpp"],
+        settings=prepare_args,
+        targets=targets_out_arg,
     shell:
-        "bitro tissue {params.sample} --mask-mpp {params.mask_mpp} "
-        "--geojson {output.geojson} --out {output.mask} > {log} 2>&1"
+        "bitro prepare {params.sample} {params.settings} --reference {input.reference} "
+        "--tissue-out {output.mask} "
+        "--geojson {output.geojson} --units-out {output.units} --stain-out {output.stain} "
+        "{params.targets} > {log} 2>&1"
 
 
-rule units:
-    input:
-        unpack(sample_inputs),
-        tissue=SAMPLE_DIR / SampleFile.TISSUE,
+# A predicted cohort's samples have no targets to make (predict.smk).
+use rule prepare as prepare_predicted with:
     output:
-        SAMPLE_DIR / SampleFile.UNITS,
+        mask=SAMPLE_DIR / SampleFile.TISSUE,
+        geojson=SAMPLE_DIR / SampleFile.TISSUE_GEOJSON,
+        units=SAMPLE_DIR / SampleFile.UNITS,
+        stain=SAMPLE_DIR / SampleFile.STAIN,
     log:
-        LOGS / "units" / "{cohort}" / "{sample}.log",
+        LOGS / "prepare_predicted" / "{cohort}" / "{sample}.log",
     benchmark:
-        BENCHMARKS / "units" / "{cohort}" / "{sample}.tsv"
-    conda:
-        "../../envs/bitro.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=20,
-    params:
-        sample=sample_args,
-        patch=lambda wc: cohort_setting(wc.cohort, "units")["patch_size_um"],
-        tissue=lambda wc: cohort_setting(wc.cohort, "units")["min_tissue_fraction"],
-    shell:
-        "bitro units {params.sample} --tissue {input.tissue} --patch-size-um {params.patch} "
-        "--min-tissue-fraction {params.tissue} --out {output} > {log} 2>&1"
+        BENCHMARKS / "prepare_predicted" / "{cohort}" / "{sample}.tsv"
+    wildcard_constraints:
+        cohort=_alternatives(PREDICTED) or NO_COHORT,
 
 
 if not STAIN_TARGET_IS_REFERENCE:
@@ -70,34 +73,6 @@ if not STAIN_TARGET_IS_REFERENCE:
             runtime=20,
         shell:
             "bitro stain-reference --image {input} --out {output} > {log} 2>&1"
-
-
-rule stain:
-    input:
-        unpack(sample_inputs),
-        tissue=SAMPLE_DIR / SampleFile.TISSUE,
-        reference=stain_reference_input,
-    output:
-        SAMPLE_DIR / SampleFile.STAIN,
-    log:
-        LOGS / "stain" / "{cohort}" / "{sample}.log",
-    benchmark:
-        BENCHMARKS / "stain" / "{cohort}" / "{sample}.tsv"
-    conda:
-        "../../envs/bitro.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    params:
-        sample=sample_args,
-        method=lambda wc: cohort_setting(wc.cohort, "stain")["method"],
-        fit_mpp=lambda wc: cohort_setting(wc.cohort, "stain")["fit_mpp"],
-        n_tiles=lambda wc: cohort_setting(wc.cohort, "stain")["n_tiles"],
-    shell:
-        "bitro stain {params.sample} --tissue {input.tissue} --reference {input.reference} "
-        "--method {params.method} --fit-mpp {params.fit_mpp} --n-tiles {params.n_tiles} "
-        "--out {output} > {log} 2>&1"
 
 
 rule cellvit_script:

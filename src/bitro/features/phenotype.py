@@ -11,14 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans
 
 from bitro._atomic import atomic_path
 from bitro.errors import ConfigError, InputError
 from bitro.io.validate import require_file
+
+if TYPE_CHECKING:
+    from sklearn.cluster import KMeans, MiniBatchKMeans
 
 MINIBATCH_ABOVE = 100_000
 
@@ -71,6 +73,9 @@ def fit_phenotypes(
     minibatch_above
         Use ``MiniBatchKMeans`` when the training cells exceed this.
     """
+    # scikit-learn is imported here, not with the module: train and predict only assign to the centroids.
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
     train = tuple(sorted(train))
     missing = [s for s in train if s not in features]
     if missing:

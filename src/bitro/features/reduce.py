@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 from bitro._atomic import atomic_path
 from bitro.errors import InputError
@@ -76,6 +75,9 @@ def fit_pca(
     x: np.ndarray, *, n_components: int = 128, seed: int = 0, max_fit_cells: int = 500_000
 ) -> PCABasis:
     """Fit a PCA basis on embeddings ``x`` (n × d)."""
+    # scikit-learn is imported here, not with the module: train and predict read bases without fitting one.
+    from sklearn.decomposition import PCA
+
     x = np.asarray(x)
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"expected a non-empty n × d array, got shape {x.shape}")

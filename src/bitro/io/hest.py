@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from bitro.errors import InputError, MissingInputError
-from bitro.io.cells import cells_frame, read_cell_segmentation
 from bitro.io.sample import Sample
 from bitro.io.slides import open_slide
 from bitro.io.validate import (
@@ -169,6 +168,9 @@ def read_hest_sample(
 
     cell_table: pd.DataFrame | None = None
     if cells_path is not None:
+        # geopandas (bitro.io.cells) only for a sample that has a segmentation to read.
+        from bitro.io.cells import cells_frame, read_cell_segmentation
+
         cell_table = cells_frame(read_cell_segmentation(cells_path), mpp=pixel_size, source="cellvit")
 
     return Sample(

@@ -16,22 +16,65 @@ One module per output, each a function that takes arrays and tables and writes o
 
 Every h5ad records in ``uns["bitro"]`` its values' space (``counts`` or ``tpm``), the level the model
 was trained on (``spot`` or ``bulk``), what its rows are, and a description of the model it came from.
+
+The names below are loaded on first use (a module ``__getattr__``, PEP 562): importing one submodule, say
+:mod:`bitro.predict.bulk` for ``bitro predictions-table``, does not import matplotlib for the heat maps.
 """
 
 from __future__ import annotations
 
-from bitro.predict.bulk import (
-    bulk_table,
-    gather_profiles,
-    read_bulk_table,
-    slide_profile,
-    write_bulk_table,
-)
-from bitro.predict.cells import cells_anndata, write_cells
-from bitro.predict.heatmaps import heatmap_name, write_heatmaps
-from bitro.predict.qupath import write_cells_qupath
-from bitro.predict.slide import PredictionFile, SlideOutputs, unit_amounts, write_slide_outputs
-from bitro.predict.spots import spots_anndata, write_h5ad, write_spots
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bitro.predict.bulk import (
+        bulk_table,
+        gather_profiles,
+        read_bulk_table,
+        slide_profile,
+        write_bulk_table,
+    )
+    from bitro.predict.cells import cells_anndata, write_cells
+    from bitro.predict.heatmaps import heatmap_name, write_heatmaps
+    from bitro.predict.qupath import write_cells_qupath
+    from bitro.predict.slide import PredictionFile, SlideOutputs, unit_amounts, write_slide_outputs
+    from bitro.predict.spots import spots_anndata, write_h5ad, write_spots
+
+#: Each public name, and the submodule of :mod:`bitro.predict` that defines it.
+_SOURCES: dict[str, str] = {
+    "bulk_table": "bulk",
+    "gather_profiles": "bulk",
+    "read_bulk_table": "bulk",
+    "slide_profile": "bulk",
+    "write_bulk_table": "bulk",
+    "cells_anndata": "cells",
+    "write_cells": "cells",
+    "heatmap_name": "heatmaps",
+    "write_heatmaps": "heatmaps",
+    "write_cells_qupath": "qupath",
+    "PredictionFile": "slide",
+    "SlideOutputs": "slide",
+    "unit_amounts": "slide",
+    "write_slide_outputs": "slide",
+    "spots_anndata": "spots",
+    "write_h5ad": "spots",
+    "write_spots": "spots",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """A public name of the package, imported from its submodule on first use."""
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{source}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SOURCES))
+
 
 __all__ = [
     "PredictionFile",
