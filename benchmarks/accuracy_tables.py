@@ -7,7 +7,7 @@ scores the models named (summary per effect and space: the report's own function
 per-effect figure from every model of the config. Nothing is run; unfinished models are left out.
 
 Usage: ``nice -n 19 .venv/bin/python benchmarks/accuracy_tables.py --level st --models bitro mlp
---pairs bitro_norm:mlp_count --boot 200``
+--pairs bitro:mlp_count --boot 200``
 """
 
 from __future__ import annotations
