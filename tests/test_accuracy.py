@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from scipy.stats import pearsonr
 from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.model_selection import cross_val_score
@@ -14,6 +15,8 @@ from sklearn.model_selection import cross_val_score
 from bitro.accuracy.bench import Job
 from bitro.accuracy.data import patient_folds, sample_data
 from bitro.accuracy.runs import (
+    DETERMINISTIC,
+    MLP_MODELS,
     VARIANTS,
     CohortSpec,
     RunResult,
@@ -32,6 +35,7 @@ from bitro.accuracy.stats import (
     pcc_columns,
     pcc_gene_by_sample,
 )
+from bitro.accuracy.transfer import TRANSFERS
 from bitro.demo.morphology import LYMPHOCYTE, TUMOUR
 from bitro.demo.virtual import EFFECTS, VirtualConfig, bulk_cohort, st_cohort
 from bitro.errors import ConfigError
@@ -227,3 +231,18 @@ def test_a_cached_run_counts_only_for_the_data_and_configs_it_was_made_from(
     baseline.save(RunResult(np.zeros((3, 2)), 0.5))
     assert baseline.cached() is not None
     assert Job(redrawn, 0, "oracle", 0, {}, baseline.path).cached() is None
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("config/accuracy*.yaml")))
+def test_every_model_an_accuracy_config_names_exists(path: Path) -> None:
+    """A renamed variant (``bitro_norm`` became the default ``bitro``) must not leave a config naming a
+    model that no longer exists: the benchmark would stop hours in, at that model's first run."""
+    known = set(VARIANTS) | set(TRANSFERS) | set(DETERMINISTIC) | set(MLP_MODELS)
+    config = yaml.safe_load(path.read_text())
+    named = {m for models in config["models"].values() for m in models}
+    named |= set(config.get("seeds_of", {})) | set(config.get("seeds_of_bulk", {}))
+    curve = config.get("learning_curve") or {}
+    named |= set(curve.get("models", [])) | set(curve.get("seeds_of", {}))
+    if "transfer" in config:
+        named.add(config["transfer"]["variant"])
+    assert named <= known, sorted(named - known)
