@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bitro"
 #: The layers, lowest first. A part may import only parts of lower layers (and itself).
 LAYERS: tuple[tuple[str, ...], ...] = (
     # base utilities: errors, atomic writes, hashing, the metrics (numpy only), the package itself
-    ("bitro", "errors", "_atomic", "_hashing", "_histomicstk", "metrics"),
+    ("bitro", "errors", "_atomic", "_hashing", "_histomicstk", "_lazy", "metrics"),
     ("options",),  # the option enums
     ("layout",),  # where each layout's and each stage's files are
     ("io",),  # reading the input layouts

@@ -6,9 +6,10 @@ libraries (anndata, geopandas, h5py), and a verb that only opens a slide should 
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bitro._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from bitro.io.cells import cells_frame, read_cell_segmentation, write_cells_geojson
@@ -40,19 +41,7 @@ _SOURCES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """A public name of the package, imported from its submodule on first use."""
-    source = _SOURCES.get(name)
-    if source is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{source}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_SOURCES))
-
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES)
 
 __all__ = [
     "Sample",
