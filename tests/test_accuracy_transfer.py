@@ -23,7 +23,6 @@ SETTINGS = {
         "transformer_heads": 2,
         "position_dim": 4,
         "readout": "per_gene",
-        "pooled_norm": True,
     },
     "training": {"lr": 3e-3, "batch_bags": 4, "max_steps": 6, "patience_steps": 6, "eval_every_steps": 3},
     "phenotypes_k": 3,

@@ -35,10 +35,14 @@ def add_slide_file_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     )
 
 
+#: Pixel size (µm) a tissue mask is computed at unless ``--mask-mpp`` says otherwise.
+MASK_MPP = 8.0
+
+
 def add_tissue_args(parser: argparse.ArgumentParser) -> None:
     """``--tissue`` (a mask file) or ``--mask-mpp`` (compute one at this pixel size)."""
     parser.add_argument("--tissue", type=Path, default=None, help="tissue.npz (bitro tissue); else computed")
-    parser.add_argument("--mask-mpp", type=float, default=8.0, help="pixel size of a computed mask (µm)")
+    parser.add_argument("--mask-mpp", type=float, default=MASK_MPP, help="pixel size of a computed mask (µm)")
 
 
 def read_args_sample(args: argparse.Namespace) -> Sample:

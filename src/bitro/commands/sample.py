@@ -10,7 +10,13 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bitro.commands._sample import add_sample_args, add_tissue_args, read_args_sample, sample_and_mask
+from bitro.commands._sample import (
+    MASK_MPP,
+    add_sample_args,
+    add_tissue_args,
+    read_args_sample,
+    sample_and_mask,
+)
 from bitro.options import DEFAULT_STAIN_METHOD, STAIN_METHODS
 
 if TYPE_CHECKING:
@@ -160,8 +166,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     """Add ``tissue``, ``units``, ``stain-reference`` and ``stain`` to the ``bitro`` parser."""
     tissue = verbs.add_parser("tissue", help="write the tissue mask (.npz) and its QuPath GeoJSON outline")
     add_sample_args(tissue)
-    tissue.add_argument("--mask-mpp", type=float, default=8.0, help="pixel size of the tissue mask (µm)")
-    tissue.add_argument("--geojson", type=Path, default=None, help="also write the outline here")
+    _add_mask_args(tissue)
     tissue.add_argument("--out", required=True, type=Path, help="tissue.npz")
     tissue.set_defaults(func=_cmd_tissue)
 
@@ -189,6 +194,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     stain.set_defaults(func=_cmd_stain)
 
 
+def _add_mask_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mask-mpp", type=float, default=MASK_MPP, help="pixel size of the tissue mask (µm)")
+    parser.add_argument("--geojson", type=Path, default=None, help="also write the tissue outline here")
+
+
 def _add_units_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--patch-size-um", type=float, default=55.0, help="patch side for bulk, Xenium and slides"
@@ -214,11 +224,10 @@ def register_prepare(verbs: argparse._SubParsersAction) -> None:
         "the four verbs write",
     )
     add_sample_args(prepare)
-    prepare.add_argument("--mask-mpp", type=float, default=8.0, help="pixel size of the tissue mask (µm)")
+    _add_mask_args(prepare)
     _add_units_args(prepare)
     _add_stain_args(prepare)
     prepare.add_argument("--tissue-out", required=True, type=Path, help="tissue.npz")
-    prepare.add_argument("--geojson", type=Path, default=None, help="also write the tissue outline here")
     prepare.add_argument("--units-out", required=True, type=Path, help="units.parquet")
     prepare.add_argument("--stain-out", required=True, type=Path, help="stain.json")
     prepare.add_argument(

@@ -11,16 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bitro._atomic import atomic_path
 from bitro.errors import ConfigError, InputError
 from bitro.io.validate import require_file
-
-if TYPE_CHECKING:
-    from sklearn.cluster import KMeans, MiniBatchKMeans
 
 MINIBATCH_ABOVE = 100_000
 
