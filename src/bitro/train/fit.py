@@ -97,6 +97,28 @@ def batch_loss(
     return loss, parts
 
 
+def train_step(
+    model: BiTro,
+    optimizer: torch.optim.Optimizer,
+    trainable: Sequence[torch.nn.Parameter],
+    bags: Sequence[Bag],
+    samples: Sequence[SampleData],
+    transform: TargetTransform,
+    counts: CountSpace,
+    config: TrainConfig,
+    *,
+    device: torch.device | str,
+    rng: np.random.Generator | None,
+) -> dict[str, float]:
+    """One optimiser step on one batch of bags (loss, backward, clipping, Adam); the loss parts."""
+    loss, parts = batch_loss(model, bags, samples, transform, counts, config, device=device, rng=rng)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, config.clip_norm, foreach=True)
+    optimizer.step()
+    return parts
+
+
 def _batches(bags: Sequence[Bag], size: int, rng: np.random.Generator | None) -> list[list[Bag]]:
     order = np.arange(len(bags)) if rng is None else rng.permutation(len(bags))
     return [[bags[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
@@ -159,7 +181,9 @@ def fit(
     model.to(device)
     counts = CountSpace(transform, device)
     trainable = parameters() if parameters is not None else [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    # foreach: one call per update over all parameters instead of a Python loop over them (on CPU,
+    # torch's default is the loop); the same arithmetic, a tenth of the step's time at 16 spots.
+    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     log_path = out_dir / "train_log.csv"
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     restored = None
@@ -168,6 +192,8 @@ def fit(
         log.info("%s: the saved state was made from other inputs; training afresh", out_dir)
     elif saved:
         restored = load_state(out_dir / "checkpoint", model=model, optimizer=optimizer)
+        for group in optimizer.param_groups:  # a state saved before foreach was set
+            group["foreach"] = True
     if restored is None:
         best = initial
         info: dict[str, Any] = {
@@ -217,13 +243,18 @@ def fit(
             rng = np.random.default_rng([config.seed, epoch])
             model.train()
             for chunk in _batches(train_bags, batch_size, rng):
-                loss, parts = batch_loss(
-                    model, chunk, samples, transform, counts, config, device=device, rng=rng
+                parts = train_step(
+                    model,
+                    optimizer,
+                    trainable,
+                    chunk,
+                    samples,
+                    transform,
+                    counts,
+                    config,
+                    device=device,
+                    rng=rng,
                 )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, config.clip_norm)
-                optimizer.step()
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0.0) + value * len(chunk)
                 n_bags += len(chunk)
