@@ -82,7 +82,7 @@ class Runner:
         self.model = model
         self.setting = setting
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.trainable, lr=setting.config.lr)
+        self.optimizer = torch.optim.Adam(self.trainable, lr=setting.config.lr)  # torch's defaults
 
     def train_batch(self, bags: list[Any]) -> float:
         raise NotImplementedError
@@ -93,7 +93,10 @@ class Runner:
 
 class Vectorised(Runner):
     def __init__(self, name: str, model: Any, setting: Setting, forward: Any = None) -> None:
+        from bitro.train.fit import adam
+
         super().__init__(name, model, setting)
+        self.optimizer = adam(self.trainable, setting.config)  # fit's optimiser
         # ``forward``: a compiled wrapper of ``model`` (the optimiser still holds the model's parameters).
         self.forward = forward
 
@@ -246,7 +249,7 @@ def labelled_blocks(model: Any) -> Iterator[None]:
 
 
 def profiled_step(path: Vectorised, bags: list[Any]) -> None:
-    """``train_step`` spelled out with a profiler label on each phase."""
+    """``bitro.train.fit.train_step`` spelled out with a profiler label on each phase."""
     import torch
     from torch.profiler import record_function
 
@@ -272,7 +275,7 @@ def profiled_step(path: Vectorised, bags: list[Any]) -> None:
         path.optimizer.zero_grad(set_to_none=True)
         loss.backward()
     with record_function("phase:clip"):
-        torch.nn.utils.clip_grad_norm_(path.trainable, s.config.clip_norm)
+        torch.nn.utils.clip_grad_norm_(path.trainable, s.config.clip_norm, foreach=True)
     with record_function("phase:adam"):
         path.optimizer.step()
 

@@ -97,6 +97,16 @@ def batch_loss(
     return loss, parts
 
 
+def adam(trainable: Sequence[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Adam:
+    """The optimiser of :func:`fit`.
+
+    ``foreach``: each update is one call over all parameters instead of a Python loop over them (torch's
+    default on CPU); the same arithmetic, bit for bit, at a fraction of the time for this model's ~70
+    small tensors.
+    """
+    return torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+
+
 def train_step(
     model: BiTro,
     optimizer: torch.optim.Optimizer,
@@ -181,9 +191,7 @@ def fit(
     model.to(device)
     counts = CountSpace(transform, device)
     trainable = parameters() if parameters is not None else [p for p in model.parameters() if p.requires_grad]
-    # foreach: one call per update over all parameters instead of a Python loop over them (on CPU,
-    # torch's default is the loop); the same arithmetic, a tenth of the step's time at 16 spots.
-    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    optimizer = adam(trainable, config)
     log_path = out_dir / "train_log.csv"
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     restored = None
