@@ -21,7 +21,7 @@ Where the packed batch's units are given (:class:`~bitro.model.padding.SegmentPa
 every (target, source) pair of a unit, masked to the kNN edges plus self-loops, a softmax over each row
 and one batched matrix product, from ``GATConv``'s own weights. That replaces the gather of every edge's
 (heads × dim) message, its multiplication and the scatter back by arithmetic on (units × heads × L × L)
-scores: on 16 spots of 4–20 cells it is about 3× faster, forward and backward. Both forms give the same
+scores: on 16 spots of 4–20 cells it is about 2.5× faster, forward and backward. Both forms give the same
 outputs up to float rounding (``tests/test_model.py``).
 
 LoRA can target ``input_proj`` and each layer's ``proj`` (``nn.Linear``); the per-head

@@ -202,6 +202,10 @@ def fit(
         restored = load_state(out_dir / "checkpoint", model=model, optimizer=optimizer)
         for group in optimizer.param_groups:  # a state saved before ``adam`` chose the fused update
             group.update(foreach=None, fused=True)
+            for param in group["params"]:  # the fused update keeps its step counts beside the weights
+                state = optimizer.state.get(param, {})
+                if isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].to(param.device, torch.float32)
     if restored is None:
         best = initial
         info: dict[str, Any] = {
