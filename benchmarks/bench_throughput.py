@@ -11,7 +11,9 @@ weights and its own Adam:
   padding: ``per_spot_encode``), the batch's
   loss is computed from the spots' outputs gathered together (gene MSE + λ · cluster loss, as ``fit``
   computes it), then one backward, clipping and one Adam step per batch. This is how the authors' code
-  applies the model. Prediction: ``predict_bags(..., batch_bags=1)``, one spot per forward.
+  applies the model. Prediction: ``predict_bags(..., batch_bags=1)``, one spot per forward. (With
+  ``pooled_norm`` the running moments then move once per spot instead of once per batch: the same
+  arithmetic, a slightly different update.)
 - **vectorised** (bitro): ``bitro.train.fit.train_step``, the step ``fit`` runs (one collated batch of 16
   spots, padded attention within spots). Prediction: ``predict_bags(..., batch_bags=16)``.
 
