@@ -21,7 +21,9 @@ per batch size:
   imports, cohort and model), and on CUDA the peak of allocated GPU memory.
 
 The simple baseline in the same run is the same model trained one bag per step (``--baseline-batch 1``):
-the spots/s ratio says what batching buys; the fraction of the matmul peak is the absolute reference.
+the spots/s ratio says what batching buys; the fraction of the matmul peak is the absolute reference. The
+authors' way of applying the model (each spot of a batch through the model on its own, one optimiser step
+per batch) is the baseline of ``bench_throughput.py``.
 
 Part 2, bulk prediction: a synthetic slide of ``--bulk-cells`` cells (10⁶ by default) in 55 µm square
 patches of about 60 cells, kNN graphs (k = 8) within patches from ``bitro.features.graph.knn_graphs``,

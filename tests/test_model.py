@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 from dataclasses import replace
 
 import numpy as np
@@ -22,8 +23,9 @@ from bitro.model import (
     pseudo_cells,
 )
 from bitro.model.cost import count_parameters, flops_per_cell
-from bitro.model.gat import GATLayer
+from bitro.model.gat import GATLayer, dense_graph
 from bitro.model.mil import GeneQueryMIL, Readout, segment_softmax
+from bitro.model.padding import SegmentPadding
 from bitro.model.transformer import EncoderBlock, PositionEmbedding
 
 F_IN = 12
@@ -488,3 +490,68 @@ def test_schema_lists_the_model_options_the_model_knows() -> None:
     model = schema["properties"]["model"]["properties"]
     assert model["readout"]["enum"] == list(typing.get_args(ReadoutKind))
     assert model["pooling"]["enum"] == list(typing.get_args(Pooling))
+
+
+# ---------------------------------------------------------------- the fast forms against the reference ones
+def reference_encode(model: BiTro, batch: CellBatch) -> torch.Tensor:
+    """``BiTro.encode`` as it was before the fast forms: PyG's sparse ``GATConv`` on the edge list, and
+    every Transformer block on the fully padded units."""
+    h = model.gat(batch.features, batch.edge_index)  # no layout: the sparse form
+    t = model.transformer
+    x = t.dropout(t.fuse(torch.cat([h, t.position(batch.offsets_um)], dim=-1)))
+    layout = SegmentPadding.from_ptr(batch.unit_ptr)
+    padded = layout.pad(x)
+    for block in t.blocks:
+        padded = block(padded, layout.mask)
+    return t.norm(layout.unpad(padded))
+
+
+def test_dense_gat_equals_gatconv_with_duplicate_edges_and_self_loops(bags: list[Bag]) -> None:
+    torch.manual_seed(3)
+    batch = CellBatch.collate(bags)
+    # random_bag's edges repeat some pairs; add listed self-loops too (GATConv replaces them by one)
+    loops = torch.arange(0, batch.n_cells, 3).repeat(2, 1)
+    edge_index = torch.cat([batch.edge_index, loops, batch.edge_index[:, :4]], dim=1)
+    layer = GATLayer(dim=F_IN, heads=4, dropout=0.0, residual=True)
+    graph = dense_graph(edge_index, batch.unit_padding, max_ratio=math.inf)
+    assert graph is not None
+    x = batch.features.clone().requires_grad_(True)
+    sparse = layer(x, edge_index)
+    (grad_sparse,) = torch.autograd.grad(sparse.square().sum(), x)
+    dense = layer(x, edge_index, graph)
+    (grad_dense,) = torch.autograd.grad(dense.square().sum(), x)
+    torch.testing.assert_close(dense, sparse, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad_dense, grad_sparse, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_gat_only_where_the_padding_is_small() -> None:
+    rng = np.random.default_rng(4)
+    small = CellBatch.collate([random_bag(rng, [12, 20, 4])])
+    assert dense_graph(small.edge_index, small.unit_padding) is not None
+    lopsided = CellBatch.collate([random_bag(rng, [400] + [3] * 60)])  # one huge unit: (61, 400, 400)
+    assert dense_graph(lopsided.edge_index, lopsided.unit_padding) is None
+
+
+def test_fast_encode_equals_the_reference_in_predictions_losses_and_gradients(bags: list[Bag]) -> None:
+    torch.manual_seed(5)
+    model = BiTro(small_config(dropout=0.0))  # dropout off: the two forms draw their masks differently
+    batch = CellBatch.collate(bags)
+    to_counts = Denormalise(torch.full((6,), 1.5), torch.full((6,), 0.5))
+    target = torch.randn(3, 6)
+    results = []
+    for fast in (True, False):
+        copy = deepcopy(model)  # each its own pooled_norm running moments
+        if not fast:
+            copy.encode = lambda b, m=copy: reference_encode(m, b)  # type: ignore[method-assign]
+        with torch.no_grad():
+            prediction = copy.eval()(batch).prediction
+        loss = bitro_loss(copy.train()(batch), target, batch, to_counts=to_counts, lam=0.2).total
+        loss.backward()
+        grads = {n: p.grad for n, p in copy.named_parameters() if p.grad is not None}
+        results.append((prediction, loss.detach(), grads))
+    (fast_pred, fast_loss, fast_grads), (ref_pred, ref_loss, ref_grads) = results
+    torch.testing.assert_close(fast_pred, ref_pred, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fast_loss, ref_loss, atol=1e-6, rtol=1e-6)
+    assert fast_grads.keys() == ref_grads.keys()
+    for name, grad in fast_grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bitro.model.padding import SegmentPadding
+
 
 @dataclass(frozen=True)
 class Bag:
@@ -223,6 +225,11 @@ class CellBatch:
         """(N,) bag of each cell."""
         bags = torch.arange(self.n_bags, device=self.device)
         return torch.repeat_interleave(bags, self.bag_sizes, output_size=self.n_cells)
+
+    @cached_property
+    def unit_padding(self) -> SegmentPadding:
+        """The (units × largest unit) padded layout of the cells, for attention within units."""
+        return SegmentPadding.from_ptr(self.unit_ptr)
 
     # --------------------------------------------------------------------------------------- methods
     def to(self, device: torch.device | str) -> CellBatch:

@@ -183,8 +183,9 @@ class BiTro(nn.Module):
             raise ValueError(
                 f"features have width {batch.features.shape[1]}, the model expects {self.config.in_dim}"
             )
-        h = self.gat(batch.features, batch.edge_index)
-        return self.transformer(h, batch.offsets_um, batch.unit_ptr)
+        layout = batch.unit_padding
+        h = self.gat(batch.features, batch.edge_index, layout)
+        return self.transformer(h, batch.offsets_um, batch.unit_ptr, layout)
 
     def contextualise(self, cells: Tensor, batch: CellBatch) -> Tensor:
         """``cells`` plus each unit's slide-level context (unchanged when ``slide_context`` is none)."""

