@@ -20,7 +20,7 @@ Where the packed batch's units are given (:class:`~bitro.model.padding.SegmentPa
 (:func:`dense_graph`), each layer computes the same attention densely within units instead: scores of
 every (target, source) pair of a unit, masked to the kNN edges plus self-loops, a softmax over each row
 and one batched matrix product, from ``GATConv``'s own weights. That replaces the gather of every edge's
-(heads × dim) message, its multiplication and the scatter back by arithmetic on (units × heads × L × L)
+(heads × dim) message, its multiplication and the scatter back by arithmetic on (heads × units × L × L)
 scores: on 16 spots of 4–20 cells it is about 2.5× faster, forward and backward. Both forms give the same
 outputs up to float rounding (``tests/test_model.py``).
 
@@ -61,7 +61,7 @@ class DenseGraph:
     layout
         Where each cell sits in the (S, L) padded units.
     bias
-        (S, 1, L, L) float: added to the scores of target i and source j of each unit, 0 where j → i is an
+        (S, L, L) float: added to the scores of target i and source j of each unit, 0 where j → i is an
         edge or i = j (GATConv's self-loops; padded positions get one too so that no row is empty),
         ``log(multiplicity)`` for an edge listed more than once, −inf elsewhere.
     """
@@ -87,7 +87,7 @@ def dense_graph(
     counts.index_put_((flat,), torch.ones_like(flat, dtype=counts.dtype), accumulate=True)
     counts = counts.view(units, length, length)
     counts.diagonal(dim1=1, dim2=2).fill_(1.0)
-    return DenseGraph(layout=layout, bias=counts.log().unsqueeze(1))
+    return DenseGraph(layout=layout, bias=counts.log())
 
 
 def dense_gat_conv(conv: GATConv, x: Tensor, graph: DenseGraph) -> Tensor:
@@ -97,16 +97,23 @@ def dense_gat_conv(conv: GATConv, x: Tensor, graph: DenseGraph) -> Tensor:
     features, no bias, no residual, no attention dropout.
     """
     heads, width = conv.heads, conv.out_channels
-    values = conv.lin(x).view(-1, heads, width)
-    source = (values * conv.att_src).sum(-1)  # (N, H): a_src · W h_j
-    target = (values * conv.att_dst).sum(-1)  # (N, H): a_dst · W h_i
+    weight = conv.lin.weight.view(heads, width, -1)  # (H, out, in): head h's W
+    # a · (W h) = (aᵀ W) h: both score vectors from one (in → 2H) product on the cells, not from the
+    # (N, H, out) messages
+    scoring = torch.cat([conv.att_src, conv.att_dst], dim=1).view(2 * heads, 1, width)
+    scores = x @ (scoring @ weight.repeat(2, 1, 1)).squeeze(1).T  # (N, 2H): a_src · W h, a_dst · W h
     layout = graph.layout
-    source = layout.pad(source).transpose(1, 2)  # (S, H, L)
-    target = layout.pad(target).transpose(1, 2)
-    scores = F.leaky_relu(source[..., None, :] + target[..., :, None], conv.negative_slope) + graph.bias
-    alpha = torch.softmax(scores, dim=-1)  # (S, H, L_target, L_source)
-    out = alpha @ layout.pad(values).transpose(1, 2)  # (S, H, L, width)
-    return layout.unpad(out.transpose(1, 2)).reshape(-1, heads * width)
+    units, length = layout.mask.shape
+    # Head-major (H, S, L, ·) throughout, so that the batched products need no transposed copies.
+    scores = layout.pad(scores).permute(2, 0, 1)  # (2H, S, L)
+    source, target = scores[:heads], scores[heads:]
+    logits = F.leaky_relu(source[..., None, :] + target[..., :, None], conv.negative_slope) + graph.bias
+    alpha = torch.softmax(logits, dim=-1)  # (H, S, L_target, L_source)
+    values = conv.lin(x).view(-1, heads, width).transpose(0, 1)  # (H, N, out)
+    padded = values.new_zeros((heads, units * length, width)).index_copy(1, layout.index, values)
+    out = alpha.view(heads * units, length, length) @ padded.view(heads * units, length, width)
+    out = out.view(heads, units * length, width).transpose(0, 1).index_select(0, layout.index)
+    return out.reshape(-1, heads * width)
 
 
 class GATLayer(nn.Module):
