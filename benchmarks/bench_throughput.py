@@ -21,13 +21,16 @@ The two paths run in interleaved rounds (their order alternating from round to r
 measured in one round saw the same machine load; reported are the median rate over rounds and its range.
 Before timing, the two prediction paths are checked to give the same outputs (eval mode).
 
-``--profile`` instead profiles vectorised training steps with ``torch.profiler`` and prints the time of
-each phase (collation, forward by block, loss, backward, clipping, Adam) and the busiest operators.
-``--compile`` adds a third path, the vectorised step with the model wrapped in ``torch.compile``
-(compilation time reported separately).
+After the rounds, the matrix products' own time in vectorised steps (``matrix_products``) is set against
+the per-spot loop's step: the ratio a step would reach if it spent nothing outside its matrix products.
 
-Usage: ``.venv/bin/python benchmarks/bench_throughput.py [--quick] [--threads 1] [--rounds 7]
-[--batches 8] [--profile] [--compile] [--out results.json]``. Run it with ``--threads 1`` on a shared
+``--batch`` changes the spots per batch (16 in the issue's setting). ``--profile`` instead profiles
+vectorised training steps with ``torch.profiler`` and prints the time of each phase (collation, forward by
+block, loss, backward, clipping, Adam) and the busiest operators. ``--compile`` adds a third path, the
+vectorised step with the model wrapped in ``torch.compile`` (compilation time reported separately).
+
+Usage: ``.venv/bin/python benchmarks/bench_throughput.py [--quick] [--threads 1] [--rounds 7] [--batches
+8] [--batch 16] [--profile] [--compile] [--out results.json]``. Run it with ``--threads 1`` on a shared
 machine (``bench_train.py`` explains why).
 """
 
@@ -49,6 +52,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import synthetic_st_sample
 
+#: Spots per batch in the issue's setting (``--batch`` to see how the ratio grows with it).
 BATCH = 16
 GENES = 50
 CELLS = (4, 20)
@@ -57,22 +61,23 @@ CELLS = (4, 20)
 class Setting:
     """The spots, batches, target transform and training settings shared by every path."""
 
-    def __init__(self, n_batches: int, seed: int = 0) -> None:
+    def __init__(self, n_batches: int, seed: int = 0, batch: int = BATCH) -> None:
         from bitro.folds.bags import make_bags
         from bitro.genes.normalise import TargetTransform
         from bitro.train.config import TrainConfig
         from bitro.train.fit import CountSpace
 
-        sample = synthetic_st_sample(seed, spots=n_batches * BATCH, cells=CELLS, genes=GENES)
+        self.batch = batch
+        sample = synthetic_st_sample(seed, spots=n_batches * batch, cells=CELLS, genes=GENES)
         self.samples = [sample]
         bags = make_bags(sample, 0)
-        self.batches = [bags[i : i + BATCH] for i in range(0, len(bags), BATCH)]
+        self.batches = [bags[i : i + batch] for i in range(0, len(bags), batch)]
         self.cells = int(sample.features.shape[0])
         self.spots = len(bags)
         genes = [f"G{i}" for i in range(GENES)]
         self.transform = TargetTransform.fit(sample.targets, genes, zscore=True, space="counts")
         self.counts = CountSpace(self.transform, "cpu")
-        self.config = TrainConfig(lr=1e-3, lambda_cluster=0.1, max_units_per_bag=64, batch_bags=BATCH)
+        self.config = TrainConfig(lr=1e-3, lambda_cluster=0.1, max_units_per_bag=64, batch_bags=batch)
 
 
 class Runner:
@@ -127,7 +132,7 @@ class Vectorised(Runner):
         from bitro.folds.bags import predict_bags
 
         model = self.forward if self.forward is not None else self.model
-        return predict_bags(model, bags, self.setting.samples, batch_bags=BATCH)
+        return predict_bags(model, bags, self.setting.samples, batch_bags=self.setting.batch)
 
 
 def per_spot_encode(model: Any, batch: Any) -> Any:
@@ -229,6 +234,39 @@ def table(rates: dict[str, dict[str, list[float]]], baseline: str) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- the matrix products' share
+#: The operators of a step that do the model's matrix products (linear layers, attention, GAT).
+PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def matrix_products(setting: Setting, steps: int = 8) -> dict[str, float]:
+    """The matrix products of vectorised training steps: their own time within the steps (the profiler's
+    self time of mm, addmm and bmm), what a step would cost if everything else (elementwise work,
+    indexing, dropout masks, the optimiser, Python) were free. The per-spot loop's step time over it
+    bounds the ratio that any implementation doing these products with this BLAS can reach.
+
+    Returns ms, GFLOP (``torch.utils.flop_counter``) and calls per step.
+    """
+    from torch.profiler import profile as torch_profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    path = Vectorised("vectorised", make_model(), setting)
+    batches = [setting.batches[i % len(setting.batches)] for i in range(steps)]
+    path.train_batch(batches[0])
+    with torch_profile() as prof:
+        for bags in batches:
+            path.train_batch(bags)
+    with FlopCounterMode(display=False) as counter:
+        for bags in batches:
+            path.train_batch(bags)
+    products = [e for e in prof.key_averages() if e.key in PRODUCTS]
+    return {
+        "ms_per_step": sum(e.self_cpu_time_total for e in products) / steps / 1e3,
+        "gflop_per_step": counter.get_total_flops() / steps / 1e9,
+        "calls_per_step": sum(e.count for e in products) / steps,
+    }
+
+
 # ------------------------------------------------------------------------------------------ profile
 @contextmanager
 def labelled_blocks(model: Any) -> Iterator[None]:
@@ -315,7 +353,8 @@ def profile(setting: Setting, steps: int) -> str:
         key=lambda e: (not e.key.startswith("phase:"), -e.cpu_time_total),
     )
     lines = [
-        f"{steps} profiled steps of {BATCH} spots: {wall / steps * 1e3:.1f} ms per step under the profiler",
+        f"{steps} profiled steps of {setting.batch} spots: "
+        f"{wall / steps * 1e3:.1f} ms per step under the profiler",
         "",
         "| phase | ms per step | share of step |",
         "| --- | --- | --- |",
@@ -335,7 +374,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds of 4 batches")
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--batches", type=int, default=None, help="batches of 16 spots per round and path")
+    parser.add_argument("--batches", type=int, default=None, help="batches per round and path")
+    parser.add_argument("--batch", type=int, default=BATCH, help="spots per batch (the issue's setting: 16)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--profile", action="store_true", help="profile vectorised steps instead")
     parser.add_argument("--profile-steps", type=int, default=20)
@@ -348,12 +388,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     rounds = args.rounds or (3 if args.quick else 7)
     n_batches = args.batches or (4 if args.quick else 8)
-    setting = Setting(n_batches)
+    setting = Setting(n_batches, batch=args.batch)
     print(f"# bench_throughput, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
         f"{setting.spots} spots ({setting.cells:,} cells, {setting.cells / setting.spots:.1f} per spot) in "
-        f"{len(setting.batches)} batches of {BATCH}, {GENES} genes, torch threads {torch.get_num_threads()}, "
+        f"{len(setting.batches)} batches of {setting.batch}, {GENES} genes, "
+        f"torch threads {torch.get_num_threads()}, "
         f"torch {torch.__version__}\n"
     )
     if args.profile:
@@ -385,9 +426,17 @@ def main() -> None:
     rates = measure(paths, setting, rounds)
     print(f"\n{rounds} interleaved rounds of {setting.spots} spots per path; median (range) over rounds\n")
     print(table(rates, paths[0].name))
+    products = matrix_products(setting)
+    per_spot_ms = setting.batch / statistics.median(rates[paths[0].name]["train"]) * 1e3
+    print(
+        f"\nthe matrix products of a vectorised step alone: {products['ms_per_step']:.1f} ms per step "
+        f"({products['gflop_per_step']:.2f} GFLOP, {products['calls_per_step']:.0f} calls; profiler self "
+        f"time); the per-spot loop's median step {per_spot_ms:.1f} ms: a step that did nothing but "
+        f"these products would be {per_spot_ms / products['ms_per_step']:.1f}× the per-spot loop"
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rates, indent=1))
+        args.out.write_text(json.dumps({"rates": rates, "matrix_products": products}, indent=1))
 
 
 if __name__ == "__main__":

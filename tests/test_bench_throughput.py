@@ -48,3 +48,15 @@ def test_profile_reports_every_phase(bench) -> None:
     for phase in ("collate", "forward", "loss", "backward", "clip", "adam"):
         assert f"phase:{phase}" in report
     assert "forward:gat" in report and "operator calls per step" in report
+
+
+def test_matrix_products_are_part_of_the_step(bench) -> None:
+    setting = bench.Setting(1, batch=4)
+    assert setting.spots == 4 and len(setting.batches[0]) == 4
+    products = bench.matrix_products(setting, steps=2)
+    assert products["calls_per_step"] > 10 and products["gflop_per_step"] > 0
+    # on one thread the products take part of a whole step, never more
+    path = bench.Vectorised("vectorised", bench.make_model(), setting)
+    path.train_batch(setting.batches[0])
+    step_ms = min(bench.timed(lambda: path.train_batch(setting.batches[0])) for _ in range(3)) * 1e3
+    assert 0 < products["ms_per_step"] < 2 * step_ms
