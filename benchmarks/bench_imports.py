@@ -20,9 +20,10 @@ imports its layout's reader at run time).
 Imports done later, at first use (a sample reader, the GAT), are not in a verb's own figures: they are the
 part of the start-up a verb pays only when it needs it.
 
-Usage: ``.venv/bin/python benchmarks/bench_imports.py [--repeats 3] [--quick] [--verbs tissue,train]``
-(``--quick``: one repeat). ``PYTHONPATH`` chooses the ``bitro`` measured, so the same script measures
-another checkout: ``PYTHONPATH=../other/src .venv/bin/python benchmarks/bench_imports.py``.
+Usage: ``.venv/bin/python benchmarks/bench_imports.py [--repeats 3] [--quick] [--verbs tissue,train]
+[--no-baseline]`` (``--quick``: one repeat; ``--no-baseline``: without the baseline runs, the slowest).
+``PYTHONPATH`` chooses the ``bitro`` measured, so the same script measures another checkout:
+``PYTHONPATH=../other/src .venv/bin/python benchmarks/bench_imports.py``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ HEAVY: tuple[str, ...] = (
     "matplotlib",
     "anndata",
     "geopandas",
+    "shapely",
     "zarr",
     "skimage",
     "pandas",
@@ -145,13 +147,13 @@ def rows_to_measure(verbs: list[str] | None, references: bool) -> list[Row]:
     return rows
 
 
-def measure(rows: list[Row], repeats: int) -> None:
+def measure(rows: list[Row], repeats: int, baseline: bool = True) -> None:
     for repeat in range(repeats):
         for row in rows:
             row.wall.append(run(row.code, importtime=False)[0])
             _, seconds, row.loaded = run(row.code, importtime=True)
             row.imports.append(seconds)
-            if row.baseline:
+            if row.baseline and baseline:
                 wall, seconds, _ = run(row.code + "\n" + BASELINE, importtime=True)
                 row.base_wall.append(wall)
                 row.base_imports.append(seconds)
@@ -166,7 +168,7 @@ def table(rows: list[Row]) -> str:
     ]
     for row in rows:
         loads = ", ".join(SHORT.get(m, m) for m in HEAVY if m in row.loaded) or "–"
-        if row.baseline:
+        if row.base_imports:
             base = f"{med(row.base_imports):.2f}"
             ratio = f"{med(row.base_imports) / med(row.imports):.1f}×"
         else:
@@ -184,6 +186,9 @@ def main() -> None:
     parser.add_argument("--verbs", default=None, help="comma-separated verbs (default: every verb)")
     parser.add_argument("--no-references", action="store_true", help="skip the reference rows")
     parser.add_argument("--show-imports", action="store_true", help="print each verb's import lines")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the runs with `import torch_geometric` added"
+    )
     args = parser.parse_args()
     import bitro
 
@@ -196,7 +201,7 @@ def main() -> None:
     print(f"# bench_imports, {time.strftime('%Y-%m-%d %H:%M')}, bitro from {bitro.__file__}")
     print(f"command: {' '.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}")
     print(f"median of {repeats} repeat(s); wall includes the interpreter's start\n", flush=True)
-    measure(rows, repeats)
+    measure(rows, repeats, baseline=not args.no_baseline)
     print(table(rows))
     verb_rows = [row for row in rows if row.baseline]
     if verb_rows:

@@ -173,8 +173,42 @@ def _loaded_after(code: str, libraries: tuple[str, ...]) -> list[str]:
         ("import bitro.predict.bulk\nfrom bitro.predict import read_bulk_table", ("matplotlib", "anndata")),
         # a HEST sample without a segmentation file: geopandas only to read one
         ("import bitro.io.hest", ("geopandas",)),
+        # the cell table is read and written with pyarrow: shapely to build it, geopandas to export it
+        ("import bitro.preprocess.cells", ("geopandas", "shapely")),
+        # the units table: the tissue mask's scikit-image and shapely only to make units
+        ("import bitro.preprocess.units", ("skimage", "shapely")),
+        # crops apply a stain model: scikit-image only to fit one on a slide
+        ("import bitro.preprocess.crops, bitro.preprocess.stain", ("skimage", "shapely", "geopandas")),
+        # segmenting, writing QuPath GeoJSON and the CellViT++ command: geopandas only to read a segmentation
+        (
+            "import bitro.preprocess.segment, bitro.preprocess.cellvit, bitro.predict.qupath, bitro.io.cells",
+            ("geopandas",),
+        ),
+        # the verbs that read a sample's tables (train, predict, baselines, transfer, graph, folds)
+        (
+            "import bitro.train.run, bitro.train.pretrain, bitro.train.finetune, bitro.evaluate.predict\n"
+            "import bitro.evaluate.fold_baselines, bitro.features.graph, bitro.folds.samples",
+            ("geopandas", "shapely", "skimage"),
+        ),
+        # cohort tables and a bundle's CV summary: anndata only to read a fold's predictions
+        ("import bitro.evaluate.summary, bitro.bundle.cv, bitro.bundle.export", ("anndata",)),
+        # bitro folds checks TCGA barcodes: anndata only to read TCGA expression
+        ("from bitro.io.tcga import barcode_contradictions, parse_barcode", ("anndata",)),
     ],
-    ids=["light-verbs", "model-without-gat", "reduce-phenotype-without-fit", "bulk-table", "hest-reader"],
+    ids=[
+        "light-verbs",
+        "model-without-gat",
+        "reduce-phenotype-without-fit",
+        "bulk-table",
+        "hest-reader",
+        "cell-table",
+        "units-table",
+        "crops-apply-stain",
+        "segmentation-without-reading",
+        "table-reading-verbs",
+        "summaries-and-bundle-cv",
+        "tcga-barcodes",
+    ],
 )
 def test_light_imports_leave_heavy_libraries_unloaded(code: str, absent: tuple[str, ...]) -> None:
     # Each verb is its own workflow job: what its modules import is paid per job (bench_imports.py).

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 
@@ -30,6 +30,9 @@ from bitro._atomic import atomic_path
 from bitro.errors import InputError
 from bitro.io.validate import require_file
 from bitro.metrics import metric_rows, summarise_folds
+
+if TYPE_CHECKING:  # anndata only to read a fold's predictions: the tables and the bundles' CV need none
+    import anndata as ad
 
 GROUP = ["model", "level", "space", "scope"]
 #: The ``fold`` label of the metrics of the pooled out-of-fold predictions.
@@ -64,6 +67,8 @@ def _fold_name(adata: ad.AnnData) -> str:
 def _fold_predictions(path: str | Path) -> tuple[ad.AnnData, dict[str, np.ndarray], str, list[str]]:
     """The scored test units of one fold's ``predictions.h5ad`` or ``baselines.h5ad``: the AnnData (its
     ``layers["truth"]``), each model's predictions, the unit level and the metric spaces."""
+    import anndata as ad
+
     adata = ad.read_h5ad(require_file(path, "fold predictions"))
     info = adata.uns.get("bitro", {})
     if "truth" not in adata.layers:

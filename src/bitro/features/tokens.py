@@ -74,6 +74,7 @@ from bitro.features.footprints import DISK_VERTICES, Footprints, coverage, part_
 from bitro.features.tiling import TilePlan, TokenGrid
 from bitro.features.token_encoders import CNNTokens, TokenEncoder, ViTTokens, token_encoder
 from bitro.io.slides import Slide, open_slide
+from bitro.preprocess.cells import read_cells
 from bitro.preprocess.crops import CropParams, CropReader
 from bitro.preprocess.regions import grid_shape
 from bitro.preprocess.stain import StainNormalizer, read_normalizer
@@ -238,12 +239,7 @@ def embed_tiles(
             f"stride ({step} px)",
         )
     out = Path(out)
-    if isinstance(cells, pd.DataFrame):
-        table = cells
-    else:
-        from bitro.preprocess.cells import read_cells  # here: it pulls geopandas in
-
-        table = read_cells(cells)
+    table = cells if isinstance(cells, pd.DataFrame) else read_cells(cells)
     missing = {"x_px", "y_px"} - set(table.columns)
     if missing:
         raise InputError(str(cells) if isinstance(cells, str | Path) else "cells", f"lacks {sorted(missing)}")

@@ -6,9 +6,8 @@ import json
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
@@ -17,6 +16,9 @@ from shapely.geometry import Polygon, mapping, shape
 from bitro._atomic import atomic_path
 from bitro.errors import InputError
 from bitro.io.validate import require_file
+
+if TYPE_CHECKING:  # geopandas only to read a segmentation: writing GeoJSON (QuPath exports) needs none
+    import geopandas as gpd
 
 CELLVIT_COLORS: dict[str, tuple[int, int, int]] = {
     "Neoplastic": (255, 0, 0),
@@ -130,6 +132,8 @@ def _frame(ids: list[Any], classes: list[str | None], geoms: list[Any], path: Pa
     InputError
         The file holds no cells, or gives one id to two cells.
     """
+    import geopandas as gpd
+
     if not geoms:
         raise InputError(path, "holds no cells: an empty segmentation (the sample would have no cells)")
     id_series = pd.Series(ids, dtype=object)
@@ -265,6 +269,8 @@ def repair_outlines(geoms: list[Any], path: Path) -> list[Any]:
 
 def _read_parquet(path: Path) -> gpd.GeoDataFrame:
     """Read a GeoParquet written by geopandas (HEST ``*_cellvit_seg.parquet``)."""
+    import geopandas as gpd
+
     try:
         gdf = gpd.read_parquet(path)
     except Exception as exc:

@@ -6,9 +6,8 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 
@@ -17,6 +16,9 @@ from bitro.io.sample import Sample
 from bitro.io.slides import open_slide
 from bitro.io.validate import check_counts, check_unique, require_dir, require_file
 from bitro.layout import TCGA_SLIDE_SUFFIXES, is_tcga_slide, tcga_expression, tcga_slides_dir
+
+if TYPE_CHECKING:  # anndata only to read expression: the barcode checks (bitro folds, doctor) need none
+    import anndata as ad
 
 #: Slide suffixes of a TCGA cohort's ``slides/`` (:data:`bitro.layout.TCGA_SLIDE_SUFFIXES`).
 SLIDE_SUFFIXES = TCGA_SLIDE_SUFFIXES
@@ -169,6 +171,8 @@ def read_tcga_expression(tpm_path: str | Path, gene_map_path: str | Path) -> ad.
         A file is missing, ``gene_id`` or aliquot columns are duplicated, or TPM values are NaN,
         infinite, negative or not numbers.
     """
+    import anndata as ad
+
     tpm_path = require_file(tpm_path, "TCGA TPM table")
     gene_map_path = require_file(gene_map_path, "TCGA gene map")
     table = _read_tpm_table(tpm_path)
@@ -297,6 +301,8 @@ def _check_matched(slides: pd.DataFrame, expression: ad.AnnData, tpm_path: Path)
 
 def _slide_sample(row: Any, expression: ad.AnnData, mpp: float | None) -> Sample:
     """Build the bulk ``Sample`` of one slide row (aliquots of its sample code averaged)."""
+    import anndata as ad
+
     aliquots = _aliquots_for(expression, row.sample_code)
     values = np.asarray(expression[aliquots].X, dtype=np.float64).mean(axis=0, keepdims=True)
     if not np.any(values):

@@ -20,12 +20,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import shapely
 from scipy.spatial import cKDTree
 
 from bitro._atomic import atomic_path
 from bitro.errors import InputError
-from bitro.io.cells import write_cells_geojson
 from bitro.io.validate import require_file
 
 CELLS_COLUMNS = (
@@ -106,6 +104,8 @@ def cells_table(
     InputError
         A centroid lies outside the slide, or the table lacks coordinates.
     """
+    import shapely  # here and in export_cells_geojson: reading or writing the table needs no shapely
+
     missing = {"x_px", "y_px"} - set(cells.columns)
     if missing:
         raise InputError(path, f"segmentation lacks columns {sorted(missing)}")
@@ -182,6 +182,10 @@ def read_cells(path: str | Path, *, geometry: bool = True) -> pd.DataFrame:
 
 def export_cells_geojson(table: pd.DataFrame, path: str | Path) -> Path:
     """Write the cells with outlines as a QuPath detection GeoJSON (cells without outlines are skipped)."""
+    import shapely
+
+    from bitro.io.cells import write_cells_geojson
+
     with_outline = table[table["geometry"].notna()]
     frame = pd.DataFrame(
         {

@@ -29,13 +29,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
-
-import geopandas as gpd
+from typing import TYPE_CHECKING, Any
 
 from bitro.errors import ConfigError, InputError, MissingInputError, UsageError
 from bitro.io.cells import PANNUKE_TYPE_NAMES, _contour_polygon, _frame, _read_geojson, _type_name
 from bitro.io.validate import require_file
+
+if TYPE_CHECKING:  # the GeoDataFrames come from bitro.io.cells; writing the command needs no geopandas
+    import geopandas as gpd
 
 CELLVIT_EXECUTABLE = "cellvit-inference"
 """Console script of the ``cellvit`` package (``cellvit.detect_cells:main``)."""

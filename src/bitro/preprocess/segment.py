@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
@@ -37,6 +36,8 @@ from skimage.segmentation import watershed
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
+    import geopandas as gpd
+
     from bitro.io.sample import Sample
 
 from bitro._atomic import atomic_path
@@ -427,6 +428,8 @@ class _Checkpoint:
 
 def segmentation_frame(cells: pd.DataFrame) -> gpd.GeoDataFrame:
     """The segmented cells as a GeoDataFrame (``geometry`` decoded from WKB)."""
+    import geopandas as gpd  # here: segmenting needs no geopandas, only reading a segmentation file
+
     geometry = shapely.from_wkb(cells["geometry"].to_numpy())
     return gpd.GeoDataFrame(cells.drop(columns="geometry"), geometry=gpd.GeoSeries(geometry))
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,7 +37,9 @@ from bitro.io.slides import Slide
 from bitro.io.validate import require_file
 from bitro.options import DEFAULT_STAIN_METHOD, FITTED_STAIN_METHODS, STAIN_METHODS, StainMethod
 from bitro.preprocess.regions import read_at_mpp
-from bitro.preprocess.tissue import TissueMask, low_resolution_rgb
+
+if TYPE_CHECKING:  # the tissue module's scikit-image only to fit a slide: applying a model needs none
+    from bitro.preprocess.tissue import TissueMask
 
 STAINS = ("hematoxylin", "eosin")
 
@@ -267,6 +269,8 @@ def glass_background(slide: Slide, mask: TissueMask, *, coarsen: int = 4) -> np.
 
     A view block counts as glass only when no mask pixel inside it is tissue.
     """
+    from bitro.preprocess.tissue import low_resolution_rgb
+
     view = low_resolution_rgb(slide, mask.scale * coarsen)
     rows, cols = -(-mask.mask.shape[0] // coarsen), -(-mask.mask.shape[1] // coarsen)
     padded = np.zeros((rows * coarsen, cols * coarsen), dtype=bool)

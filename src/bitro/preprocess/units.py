@@ -8,6 +8,7 @@ plus ``shape`` (``circle`` | ``square``), ``barcode`` (ST spot barcode, else emp
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,9 @@ from bitro._atomic import atomic_path
 from bitro.errors import ConfigError, InputError
 from bitro.io.sample import Sample
 from bitro.io.slides import Slide
-from bitro.preprocess.tissue import TissueMask, tissue_mask
+
+if TYPE_CHECKING:  # the tissue mask's scikit-image and shapely only where a mask is made
+    from bitro.preprocess.tissue import TissueMask
 
 UNIT_COLUMNS = (
     "unit_id",
@@ -104,6 +107,8 @@ def make_units(
     mask_mpp: float = 8.0,
 ) -> pd.DataFrame:
     """Units of a sample: its spots (ST), or ``patch_size_um`` patches over tissue (bulk, Xenium)."""
+    from bitro.preprocess.tissue import tissue_mask
+
     with sample.open_slide() as slide:
         mask = tissue_mask(slide, mpp=mask_mpp)
         if sample.kind == "st":
