@@ -36,8 +36,6 @@ from skimage.segmentation import watershed
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    import geopandas as gpd
-
     from bitro.io.sample import Sample
 
 from bitro._atomic import atomic_path
@@ -424,14 +422,6 @@ class _Checkpoint:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def segmentation_frame(cells: pd.DataFrame) -> gpd.GeoDataFrame:
-    """The segmented cells as a GeoDataFrame (``geometry`` decoded from WKB)."""
-    import geopandas as gpd  # here: segmenting needs no geopandas, only reading a segmentation file
-
-    geometry = shapely.from_wkb(cells["geometry"].to_numpy())
-    return gpd.GeoDataFrame(cells.drop(columns="geometry"), geometry=gpd.GeoSeries(geometry))
 
 
 def match_centroids(found: np.ndarray, truth: np.ndarray, *, radius: float) -> tuple[np.ndarray, np.ndarray]:
